@@ -1,0 +1,1 @@
+"""smoe-rm: sparse MoE reward models from a cached backbone feature store."""

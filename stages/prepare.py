@@ -1,0 +1,25 @@
+"""Stage `prepare`: one dataset's source -> data/prepared/<dataset>/pairs.parquet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pipeline.prepare import prepare
+from stages import params as P
+
+
+def main(
+    dataset: str = typer.Argument(..., help="Dataset name: a key under `datasets` in params."),
+    out: Path = typer.Option(None, help="Output folder. Default: data/prepared/<dataset>."),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+) -> None:
+    """Build the canonical pairs table of DATASET from its `datasets.<DATASET>` params
+    (source: builtin:<name> | hub id | local file; plus seed, adapter, columns, ...)."""
+    spec = dict(P.section(P.load(params_file), "datasets", dataset))
+    source = spec.pop("source")
+    builtin_params = spec.pop("params", None)
+    manifest = prepare(source, out or Path("data/prepared") / dataset, builtin_params=builtin_params, **spec)
+    typer.echo(json.dumps({k: manifest[k] for k in ("num_pairs", "pairs_by_split", "dropped")}))
