@@ -1,0 +1,243 @@
+"""Tests for the synthetic preference generators (pipeline/generators.py)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from pipeline import generators as g
+from pipeline.pairs import finalize
+
+NAMES = list(g.GENERATORS)
+
+
+@pytest.fixture(scope="module")
+def default_rows() -> dict[str, list[dict]]:
+    return {name: g.generate(name, seed=0) for name in NAMES}
+
+
+def last_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s+", text.strip())[-1]
+
+
+def bare_prompt(row: dict) -> str:
+    return row["prompt"].split("\n\n")[0]
+
+
+# --- shared properties -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_gives_identical_rows(name, default_rows):
+    assert g.generate(name, seed=0) == default_rows[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_different_seed_gives_different_rows(name, default_rows):
+    other = g.generate(name, seed=1)
+    assert other != default_rows[name]
+    prompts0 = {r["prompt"] for r in default_rows[name]}
+    prompts1 = {r["prompt"] for r in other}
+    assert len(prompts0 & prompts1) < 0.5 * len(prompts0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finalize_drops_nothing(name, default_rows):
+    rows = default_rows[name]
+    table, dropped = finalize(rows)
+    assert sum(dropped.values()) == 0, dropped
+    assert table.num_rows == len(rows)
+    assert set(table.column("split").to_pylist()) == {"train", "validation", "test"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_texts_are_short(name, default_rows):
+    for r in default_rows[name]:
+        assert 6 <= len(r["prompt"].split()) <= 45
+        for text in (r["chosen"], r["rejected"]):
+            assert 6 <= len(text.split()) <= 40
+
+
+def test_generate_reports_unknown_name_and_params():
+    with pytest.raises(ValueError, match="available: categories, attributes, users"):
+        g.generate("nope", seed=0)
+    with pytest.raises(ValueError, match="n_prompt.*accepted: .*n_train_prompts"):
+        g.generate("categories", seed=0, n_prompt=3)
+    rows = g.generate("categories", seed=0, n_train_prompts=4, n_validation_prompts=0, n_test_prompts=0)
+    assert len(rows) == 12
+
+
+def test_invalid_parameters_raise():
+    with pytest.raises(ValueError):
+        g.categories(label_noise=1.5)
+    with pytest.raises(ValueError):
+        g.attributes(n_attributes=1)
+    with pytest.raises(ValueError):
+        g.users(n_users=3, users_per_prompt=5)
+    with pytest.raises(ValueError):
+        g.users(n_scorers=4)
+
+
+def test_exhausted_grammar_raises_instead_of_repeating():
+    with pytest.raises(ValueError, match="exhausted"):
+        g.attributes(n_train_examples=6000, n_validation_examples=0, n_test_examples=0)
+
+
+def test_style_of_recovers_every_style_from_text_and_final_sentence():
+    rng = np.random.default_rng(0)
+    for style, parts in g.STYLES.items():
+        for body, closer in itertools.product(parts["bodies"], parts["closers"]):
+            topic = g.TOPICS[rng.integers(len(g.TOPICS))]
+            text = g._sentence(body, topic) + " " + g._sentence(closer, topic)
+            assert g.style_of(text) == style, text
+            assert g.style_of(last_sentence(text)) == style, text
+
+
+# --- categories --------------------------------------------------------------------------
+
+
+def test_categories_structure(default_rows):
+    rows = default_rows["categories"]
+    domains = defaultdict(set)
+    for r in rows:
+        domains[r["category"]].add(r["domain"])
+    assert len(domains) >= 4
+    assert all(len(d) >= 3 for d in domains.values())
+    # the domain is a property of the prompt; no prompt text repeats across prompts
+    per_split = Counter(r["split"] for r in rows)
+    assert per_split == {"train": 3 * 400, "validation": 200, "test": 300}
+    prompts = Counter(r["prompt"] for r in rows)
+    assert len(prompts) == 400 + 200 + 300
+    assert all(prompts[r["prompt"]] == (3 if r["split"] == "train" else 1) for r in rows)
+    # categories are balanced within the train split
+    train_cats = Counter(r["category"] for r in rows if r["split"] == "train")
+    assert set(train_cats.values()) == {300}
+
+
+def test_categories_responses_address_the_prompt_subject(default_rows):
+    for r in default_rows["categories"]:
+        subjects = [s for s in g.DOMAINS[r["category"]][r["domain"]] if s in r["prompt"]]
+        assert subjects, r["prompt"]
+        assert any(s in r["chosen"] and s in r["rejected"] for s in subjects)
+
+
+def _style_pairs(rows):
+    return [(r["category"], g.style_of(r["chosen"], g.CATEGORY_STYLES), g.style_of(r["rejected"], g.CATEGORY_STYLES))
+            for r in rows]
+
+
+def test_categories_preferences_conflict_across_categories(default_rows):
+    rows = default_rows["categories"]
+    pairs = _style_pairs(rows)
+    assert all(c is not None and j is not None and c != j for _, c, j in pairs)
+    # routing on the category: the category's preferred style always wins
+    assert all(c == g.PREFERRED_STYLE[cat] for cat, c, _ in pairs)
+    # the final sentence alone carries the style (the model reads the last token)
+    for r, (_, c, j) in zip(rows, pairs):
+        assert g.style_of(last_sentence(r["chosen"]), g.CATEGORY_STYLES) == c
+        assert g.style_of(last_sentence(r["rejected"]), g.CATEGORY_STYLES) == j
+    # no fixed global ranking of styles does much better than chance
+    for split in ("train", "validation", "test"):
+        sp = [p for r, p in zip(rows, pairs) if r["split"] == split]
+        best = 0.0
+        for order in itertools.permutations(g.CATEGORY_STYLES):
+            rank = {s: i for i, s in enumerate(order)}
+            acc = np.mean([rank[c] < rank[j] for _, c, j in sp])
+            best = max(best, acc)
+        assert best <= (0.5 + 1e-9 if split == "train" else 0.6), (split, best)
+
+
+def test_categories_label_noise_flips_about_the_right_fraction(default_rows):
+    clean = default_rows["categories"]
+    noisy = g.categories(seed=0, label_noise=0.3)
+    assert [r["prompt"] for r in noisy] == [r["prompt"] for r in clean]
+    flipped = 0
+    for a, b in zip(clean, noisy):
+        assert {a["chosen"], a["rejected"]} == {b["chosen"], b["rejected"]}
+        flipped += a["chosen"] != b["chosen"]
+        assert (g.style_of(b["chosen"], g.CATEGORY_STYLES) == g.PREFERRED_STYLE[b["category"]]) == (
+            a["chosen"] == b["chosen"]
+        )
+    assert abs(flipped / len(clean) - 0.3) < 0.05
+
+
+# --- attributes --------------------------------------------------------------------------
+
+
+def test_attributes_structure_and_criterion_placement(default_rows):
+    rows = default_rows["attributes"]
+    assert len({r["attribute"] for r in rows}) >= 10
+    assert Counter(r["split"] for r in rows) == {"train": 600, "validation": 200, "test": 960}
+    for r in rows:
+        assert r["criterion"] and r["attribute"] in g.ATTRIBUTE_STYLE
+        if r["split"] == "test":
+            assert "\n\n" not in r["prompt"] and r["criterion"] not in r["prompt"]
+        else:
+            assert r["prompt"].endswith("\n\n" + r["criterion"])
+        style = g.ATTRIBUTE_STYLE[r["attribute"]]
+        assert g.style_of(r["chosen"]) == style
+        assert g.style_of(last_sentence(r["chosen"])) == style
+        assert g.style_of(r["rejected"]) != style
+
+
+def test_attributes_each_example_is_two_reversed_rows_with_a_unique_prompt(default_rows):
+    rows = default_rows["attributes"]
+    assert len(rows) % 2 == 0
+    bare = [bare_prompt(r) for r in rows[0::2]]
+    assert len(set(bare)) == len(bare)  # no request repeats across examples or splits
+    for a, b in zip(rows[0::2], rows[1::2]):
+        assert bare_prompt(a) == bare_prompt(b) and a["split"] == b["split"]
+        assert (a["chosen"], a["rejected"]) == (b["rejected"], b["chosen"])
+        assert a["attribute"] != b["attribute"]
+
+
+def test_attributes_are_balanced_within_each_split(default_rows):
+    for split in ("train", "validation", "test"):
+        counts = Counter(r["attribute"] for r in default_rows["attributes"] if r["split"] == split)
+        assert len(counts) == 12
+        assert max(counts.values()) <= 1.5 * min(counts.values()), (split, counts)
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+def test_users_pairs_are_best_vs_worst_under_dirichlet_weights(default_rows):
+    rows = default_rows["users"]
+    world = g._users_world(seed=0, n_prompts=200, n_responses=8, n_scorers=6, n_users=10, dirichlet_alpha=0.3)
+    assert len(world["scorers"]) >= 5 and world["scores"].shape == (200, 8, 6)
+    np.testing.assert_allclose(world["weights"].sum(axis=1), 1.0)
+    assert (world["weights"] >= 0).all()
+    index = {p: i for i, p in enumerate(world["prompts"])}
+    assert len(index) == 200  # prompts never repeat
+    users_of = defaultdict(list)
+    for r in rows:
+        p, u = index[r["prompt"]], int(r["user"][1:])
+        users_of[p].append(r["user"])
+        utility = world["scores"][p] @ world["weights"][u]
+        assert r["chosen"] == world["responses"][p][int(np.argmax(utility))]
+        assert r["rejected"] == world["responses"][p][int(np.argmin(utility))]
+    assert all(len(v) == len(set(v)) == 5 for v in users_of.values())
+    assert {r["user"] for r in rows} <= {f"u{i:02d}" for i in range(10)}
+
+
+def test_users_split_by_prompt(default_rows):
+    rows = default_rows["users"]
+    split_of = defaultdict(set)
+    for r in rows:
+        split_of[r["prompt"]].add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())
+    n = Counter(next(iter(s)) for s in split_of.values())
+    assert n == {"train": 120, "validation": 30, "test": 50}
+
+
+def test_users_responses_are_marked_by_their_dominant_qualities():
+    world = g._users_world(seed=3, n_prompts=20, n_responses=8, n_scorers=6, n_users=4, dirichlet_alpha=0.3)
+    for p in range(20):
+        for r, text in enumerate(world["responses"][p]):
+            primary = world["scorers"][int(np.argmax(world["scores"][p, r]))]
+            markers = set(g._words(text)) & g.STYLE_MARKERS[g.SCORERS[primary]]
+            assert markers, (primary, text)
