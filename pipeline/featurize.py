@@ -253,6 +253,8 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
     if config.dtype not in FEATURE_DTYPES:
         raise ValueError(f"featurize.dtype must be one of {FEATURE_DTYPES}, got {config.dtype!r}")
     prepared, out_dir = Path(prepared), Path(out_dir)
+    if prepared.is_dir():  # a `prepare` output folder
+        prepared = prepared / "pairs.parquet"
     rank, world = _dist_context()
     show_progress = show_progress and rank == 0
     shard_dir = out_dir / cache.SHARD_DIR
