@@ -1,0 +1,58 @@
+"""End to end: the real dvc.yaml on a tiny backbone, in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import build_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_nothing_reruns(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    model = build_tiny_llama(tmp_path / "tiny")
+    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["backbone"]["source"] = str(model)
+    params["backbone"]["system_prompt"] = None
+    params["datasets"]["categories"]["params"] = {"n_train_prompts": 12, "n_validation_prompts": 6, "n_test_prompts": 6}
+    params["datasets"]["attributes"]["params"] = {"n_train_examples": 10, "n_validation_examples": 4, "n_test_examples": 10}
+    params["datasets"]["users"]["params"] = {"n_prompts": 12}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q"], repo)
+    sh(["git", "config", "user.email", "ci@example.com"], repo)
+    sh(["git", "config", "user.name", "ci"], repo)
+    sh(["dvc", "init", "-q"], repo)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+
+    out = sh(["dvc", "repro"], repo)
+    for stage in ("backbone", "prepare@categories", "featurize@users"):
+        assert f"Running stage '{stage}'" in out
+    for dataset in ("categories", "attributes", "users"):
+        manifest = json.loads((repo / "data" / "features" / dataset / "manifest.json").read_text())
+        assert manifest["num_pairs"] > 0 and manifest["hidden_size"] == 32
+        assert sh(["smoe", "cache", "info", f"data/features/{dataset}"], repo).count("ok:") == 1
+
+    again = sh(["dvc", "repro"], repo)
+    assert "Running stage" not in again and "up to date" in again
+
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "pipeline"], repo)
+    sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], repo)
+    assert "Running stage" not in sweep, sweep
