@@ -78,3 +78,26 @@ def test_seq_cls_backbone_exposes_score_head(tiny_grm):
     _, h = standalone(backbone, enc)
     own = backbone.own_reward(enc)
     assert abs(float(backbone.score_head.weight[0] @ h) - own) < 1e-4
+
+
+def test_encoder_mean_pooling_matches_manual_mean(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = "why is the sky blue rayleigh scattering of light four 2 + ? . !".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).eval().save_pretrained(tmp_path)
+    backbone = load(BackboneConfig(model=str(tmp_path)))
+    assert backbone.pooling == "mean" and not backbone.shares_prefix
+    encs = [backbone.encode(PROMPTS[0], "rayleigh scattering of light ."), backbone.encode(PROMPTS[2], "four !")]
+    prompt_states, response_states = backbone.embed_rows([(e.prefix, [e.response]) for e in encs], padding_side="right")
+    for i, e in enumerate(encs):
+        ids = torch.tensor([e.prefix + e.response])
+        types = torch.tensor([[0] * len(e.prefix) + [1] * len(e.response)])
+        with torch.inference_mode():
+            h = backbone.model(input_ids=ids, token_type_ids=types).last_hidden_state[0]
+        torch.testing.assert_close(response_states[i], h.mean(0), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(prompt_states[i], h[: len(e.prefix)].mean(0), atol=1e-5, rtol=1e-4)
