@@ -6,8 +6,8 @@ Phases, all deterministic given the prepared pairs and the config:
    reference sequences by id. Token ids go to a memory-mapped Arrow file, so memory
    does not grow with the dataset (only ids and lengths are kept in RAM).
 2. plan: sequences that share a prompt prefix are packed into one row (decoders),
-   rows are sorted by length, cut into shards of at most ``shard_max_sequences``
-   sequences, and each shard into batches under a padded-token budget. The plan does
+   rows are sorted by length, cut into shards of at most ``shard_max_mb`` of vectors
+   (and at most ``shard_max_sequences`` sequences), and each shard into batches under a padded-token budget. The plan does
    not depend on the number of processes, so 1 and N processes write identical shards.
 3. run: rank r computes shards r, r+N, r+2N, ... skipping shards that are already
    complete and intact (resume), while a writer thread stores the previous shard.
@@ -47,7 +47,8 @@ class FeaturizeConfig:
     dtype: str = "float16"  # storage dtype of the vectors
     token_budget: int = 4096  # padded tokens per forward batch
     max_responses_per_row: int = 16  # responses packed after one shared prompt
-    shard_max_sequences: int = 50_000  # ~ 50k * 2 * H * 2 bytes: ~115 MB at H=576
+    shard_max_mb: int = 256  # uncompressed vector bytes per shard: few large files push fast
+    shard_max_sequences: int = 1_000_000
     padding_side: str = "right"
     integrity_samples: int = 0  # >0: check score_head . h == model reward on this many
     seed: int = 0
@@ -151,8 +152,14 @@ def tokenize(prepared: Path, backbone: Backbone, workdir: Path, show_progress: b
 # --------------------------------------------------------------------------- phase 2
 
 
+def shard_limit(config: FeaturizeConfig, hidden_size: int) -> int:
+    """Sequences per shard: two vectors each, capped by ``shard_max_mb``."""
+    per_sequence = 2 * hidden_size * (2 if config.dtype == "float16" else 4)
+    return max(1, min(config.shard_max_sequences, config.shard_max_mb * 2**20 // per_sequence))
+
+
 def make_plan(seq_ids: list[str], lengths: np.ndarray, prefix_lengths: np.ndarray, group_keys: list[bytes],
-              used: set[int], config: FeaturizeConfig, fingerprint: dict[str, Any]) -> Plan:
+              used: set[int], config: FeaturizeConfig, max_per_shard: int, fingerprint: dict[str, Any]) -> Plan:
     """Pack, sort, shard and batch. Depends only on the data and the config."""
     groups: dict[bytes, list[int]] = {}
     for idx in sorted(used):
@@ -176,7 +183,7 @@ def make_plan(seq_ids: list[str], lengths: np.ndarray, prefix_lengths: np.ndarra
     for row in rows:
         shard.append(row)
         count += len(row[2])
-        if count >= config.shard_max_sequences:
+        if count >= max_per_shard:
             shards.append(shard)
             shard, count = [], 0
     if shard:
@@ -275,8 +282,9 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
                        "compute_dtype": str(backbone.dtype), "max_length": backbone.config.max_length,
                        "truncation": backbone.config.truncation, "dtype": config.dtype,
                        "token_budget": config.token_budget, "max_responses_per_row": config.max_responses_per_row,
-                       "shard_max_sequences": config.shard_max_sequences, "padding_side": config.padding_side}
-        plan = make_plan(seq_ids, prefix_len + resp_len, prefix_len, group_keys, used, config, fingerprint)
+                       "max_per_shard": shard_limit(config, backbone.hidden_size), "padding_side": config.padding_side}
+        plan = make_plan(seq_ids, prefix_len + resp_len, prefix_len, group_keys, used, config,
+                         shard_limit(config, backbone.hidden_size), fingerprint)
         previous = {}
         if old_manifest.get("plan_hash") == plan.plan_hash:
             previous = {s["file"]: {**s, "plan_hash": plan.plan_hash} for s in old_manifest.get("shards", [])}
