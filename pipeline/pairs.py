@@ -111,7 +111,7 @@ def as_messages(prompt: Any) -> Messages:
     raise TypeError(f"prompt must be text or a list of messages, got {type(prompt).__name__}")
 
 
-def _row_problem(row: Mapping[str, Any]) -> tuple[str | None, Messages | None]:
+def row_problem(row: Mapping[str, Any]) -> tuple[str | None, Messages | None]:
     """Return (drop_reason, messages). drop_reason is None for a usable row."""
     for key in ("chosen", "rejected"):
         value = row.get(key)
@@ -155,7 +155,7 @@ def finalize(rows: Iterable[Mapping[str, Any]]) -> tuple[pa.Table, Counter]:
         if "_drop" in row:  # a source adapter already rejected this row, with a reason
             dropped[row["_drop"]] += 1
             continue
-        reason, messages = _row_problem(row)
+        reason, messages = row_problem(row)
         if reason is not None:
             dropped[reason] += 1
             continue

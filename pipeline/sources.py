@@ -48,7 +48,7 @@ import datasets
 import numpy as np
 
 from pipeline.pairs import METADATA_COLUMNS, SPLITS, SchemaError, as_messages, pair_id, require_columns
-from pipeline.pairs import _row_problem  # the exact test finalize() applies, so caps count usable pairs
+from pipeline.pairs import row_problem  # the exact test finalize() applies, so caps count usable pairs
 
 # --------------------------------------------------------------------------------------
 # Constants
@@ -269,7 +269,7 @@ def apply_limits(rows: Iterable[dict], limits: Mapping[str, int] | None, seed: i
         if "_drop" in row or split not in heaps:
             yield row
             continue
-        reason, messages = _row_problem(row)
+        reason, messages = row_problem(row)
         if reason is not None:
             yield row
             continue
