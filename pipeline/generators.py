@@ -4,9 +4,9 @@ Each generator returns raw rows for :func:`pipeline.pairs.finalize`: dicts with
 ``prompt, chosen, rejected, split`` and the metadata the setting is about.
 
 * :func:`categories` -- SHP-like (paper §5.1). Prompts come from 4 latent categories
-  (12 sub-domains), and each category prefers a different response style. The styles
-  conflict across categories, so a single global reward is right on only half of the
-  pairs while a model that routes on the prompt's category can fit all of them.
+  (12 sub-domains). Most preference signal is a shared ranking of 4 response styles;
+  askers who follow their category's norm put its favourite style first, so routing on
+  the category helps, but (as on SHP) only on the pairs where the rankings differ.
 * :func:`attributes` -- RPR-like (paper §5.2, App. A). Two responses in two attribute
   styles; each example becomes two rows whose labels flip with the attribute. The
   criterion is appended to the prompt in train/validation, not in test.
@@ -31,6 +31,7 @@ Design choices shared by all three:
 from __future__ import annotations
 
 import inspect
+import itertools
 import random
 import re
 from collections.abc import Callable
@@ -494,9 +495,21 @@ CATEGORY_CONTEXTS: dict[str, list[str]] = {
     ],
 }
 
-# The competing response qualities and which one each category prefers.
+# The competing response qualities. Like SHP, most of the preference signal is shared:
+# every asker ranks the styles by GLOBAL_STYLE_RANKING, except that an asker who follows
+# their category's norm moves the category's favourite style to the top.
 CATEGORY_STYLES = ("evidence", "caution", "steps", "playful")
+GLOBAL_STYLE_RANKING = ("steps", "evidence", "caution", "playful")
 PREFERRED_STYLE = {"Academic": "evidence", "Professional": "caution", "Cooking": "steps", "Fiction": "playful"}
+
+
+def category_ranking(category: str | None) -> tuple[str, ...]:
+    """Styles best-first: the global ranking, with ``category``'s favourite moved to the top
+    (``None``: an asker who does not follow their category's norm)."""
+    if category is None:
+        return GLOBAL_STYLE_RANKING
+    favourite = PREFERRED_STYLE[category]
+    return (favourite, *[s for s in GLOBAL_STYLE_RANKING if s != favourite])
 
 
 def categories(
@@ -504,25 +517,33 @@ def categories(
     n_train_prompts: int = 400,
     n_validation_prompts: int = 200,
     n_test_prompts: int = 300,
-    label_noise: float = 0.0,
+    category_strength: float = 0.6,
+    label_noise: float = 0.2,
 ) -> list[dict]:
-    """SHP-like data where the preferred response style depends on the prompt's category.
+    """SHP-like data: a shared preference ranking plus a category-specific deviation.
 
-    Each prompt gets one response per style (all about the prompt's subject). Train:
-    the category's preferred-style response beats each of the other three (3 pairs
-    sharing the chosen response, like SHP's heavy response reuse). Validation/test: one
-    pair per prompt (as the paper evaluates SHP), against a randomly drawn other style.
-    Categories are balanced within each split, so every fixed global ranking of the 4
-    styles is right on ~50% of pairs, while routing on the category gets 100%.
-    `label_noise` swaps chosen/rejected per pair, in every split (like real SHP labels),
-    from its own RNG stream so the texts do not depend on it.
+    Each prompt gets one response per style (all about the prompt's subject). With
+    probability ``category_strength`` the asker follows their category's norm (its
+    favourite style first, see :func:`category_ranking`), otherwise the global ranking.
+    Train: all 6 style pairs of each prompt (SHP's heavy response reuse; the backbone still
+    runs once per response). Validation/test: one random style pair per prompt (as the
+    paper evaluates SHP). Categories are balanced within each split. ``label_noise`` swaps
+    chosen/rejected per pair in every split (real SHP labels disagree often). The strength
+    and noise draws use their own RNG streams, so the texts do not depend on them.
+
+    Why not make preferences fully category-specific: then routing on the category is
+    worth so much that even an unregularized MoE learns it, and the data no longer
+    separates the paper's regularized router from the baselines (§5.1, Table 1).
     """
     for name, n in [("n_train_prompts", n_train_prompts), ("n_validation_prompts", n_validation_prompts),
                     ("n_test_prompts", n_test_prompts)]:
         _check_count(name, n)
+    _check_fraction("category_strength", category_strength)
     _check_fraction("label_noise", label_noise)
     rng, noise_rng = _rng(seed, "categories"), _rng(seed, "categories-noise")
+    strength_rng = _rng(seed, "categories-strength")
     names = list(DOMAINS)
+    style_pairs = list(itertools.combinations(CATEGORY_STYLES, 2))
     seen: set[str] = set()
     rows: list[dict] = []
 
@@ -538,16 +559,14 @@ def categories(
         for category in cats:
             prompt, domain, subject = _unique(lambda: draw_prompt(category), seen, f"{category} prompt")
             responses = {style: _respond(rng, style, subject) for style in CATEGORY_STYLES}
-            best = PREFERRED_STYLE[category]
-            others = [s for s in CATEGORY_STYLES if s != best]
-            if split != "train":
-                others = [rng.choice(others)]
-            for other in others:
-                chosen, rejected = responses[best], responses[other]
+            follows = strength_rng.random() < category_strength
+            rank = {s: i for i, s in enumerate(category_ranking(category if follows else None))}
+            for a, b in (style_pairs if split == "train" else [rng.choice(style_pairs)]):
+                chosen, rejected = (a, b) if rank[a] < rank[b] else (b, a)
                 if noise_rng.random() < label_noise:
                     chosen, rejected = rejected, chosen
-                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "split": split,
-                             "category": category, "domain": domain})
+                rows.append({"prompt": prompt, "chosen": responses[chosen], "rejected": responses[rejected],
+                             "split": split, "category": category, "domain": domain})
     return rows
 
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from stages import backbone, bench, cache_info, featurize, prepare
+from pipeline.backbone import BackboneError
+from pipeline.cache import CacheError
+from pipeline.models import IncompatibleFeaturesError
+from pipeline.pairs import SchemaError
+from pipeline.train import CacheMismatchError
+
+from stages import backbone, bench, cache_info, evaluate, featurize, prepare, score, train
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
 app.command("backbone")(backbone.main)
 app.command("prepare")(prepare.main)
 app.command("featurize")(featurize.main)
+app.command("train")(train.main)
+app.command("evaluate")(evaluate.main)
+app.command("score")(score.main)
 
 cache_app = typer.Typer(help="Inspect and verify feature caches.", no_args_is_help=True)
 cache_app.command("info")(cache_info.main)
@@ -20,5 +31,28 @@ bench_app = typer.Typer(help="Benchmarks, each against its naive counterpart in 
 bench_app.command("featurize")(bench.featurize_cmd)
 app.add_typer(bench_app, name="bench")
 
+# Errors a user can fix (bad input, a cache from another backbone, a missing file) are
+# reported as one line naming the problem, not as a traceback. Anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (CacheError, CacheMismatchError, IncompatibleFeaturesError, SchemaError, BackboneError,
+               FileNotFoundError)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # bad option or params value: click's own message
+        e.show()
+        sys.exit(e.exit_code)
+    except USER_ERRORS as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.backbone import BackboneConfig
 from pipeline.featurize import FeaturizeConfig
+from pipeline.train import TrainConfig
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -46,3 +47,30 @@ def backbone_config(params: dict[str, Any], model_dir: str | None) -> BackboneCo
 
 def featurize_config(params: dict[str, Any]) -> FeaturizeConfig:
     return build(FeaturizeConfig, section(params, "featurize"))
+
+
+def train_config(params: dict[str, Any]) -> TrainConfig:
+    return build(TrainConfig, section(params, "train"))
+
+
+LAMBDAS = ("lambda_ls", "lambda_gb", "lambda_div")
+EXPERIMENT_KEYS = {"dataset", "num_experts", *LAMBDAS}
+
+
+def experiment(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """One ``experiments.<name>`` block, checked: a dataset and K, optionally lambda overrides."""
+    spec = dict(section(params, "experiments", name))
+    unknown = sorted(set(spec) - EXPERIMENT_KEYS)
+    if unknown:
+        raise typer.BadParameter(f"experiments.{name}: unknown key(s) {unknown}; known: {sorted(EXPERIMENT_KEYS)}")
+    for key in ("dataset", "num_experts"):
+        if key not in spec:
+            raise typer.BadParameter(f"experiments.{name} needs {key!r}")
+    return spec
+
+
+def lambdas(params: dict[str, Any], name: str) -> dict[str, float]:
+    """Eq. 7's weights: the top-level sweep knobs, overridden by the experiment's own keys
+    (e.g. the paper's lambda_gb = 1.0 for preference-700K)."""
+    spec = experiment(params, name)
+    return {key: float(spec.get(key, section(params, key))) for key in LAMBDAS}

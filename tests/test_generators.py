@@ -68,12 +68,14 @@ def test_generate_reports_unknown_name_and_params():
     with pytest.raises(ValueError, match="n_prompt.*accepted: .*n_train_prompts"):
         g.generate("categories", seed=0, n_prompt=3)
     rows = g.generate("categories", seed=0, n_train_prompts=4, n_validation_prompts=0, n_test_prompts=0)
-    assert len(rows) == 12
+    assert len(rows) == 24  # 6 style pairs per train prompt
 
 
 def test_invalid_parameters_raise():
     with pytest.raises(ValueError):
         g.categories(label_noise=1.5)
+    with pytest.raises(ValueError, match="category_strength"):
+        g.categories(category_strength=-0.1)
     with pytest.raises(ValueError):
         g.attributes(n_attributes=1)
     with pytest.raises(ValueError):
@@ -109,13 +111,18 @@ def test_categories_structure(default_rows):
     assert all(len(d) >= 3 for d in domains.values())
     # the domain is a property of the prompt; no prompt text repeats across prompts
     per_split = Counter(r["split"] for r in rows)
-    assert per_split == {"train": 3 * 400, "validation": 200, "test": 300}
+    assert per_split == {"train": 6 * 400, "validation": 200, "test": 300}
     prompts = Counter(r["prompt"] for r in rows)
     assert len(prompts) == 400 + 200 + 300
-    assert all(prompts[r["prompt"]] == (3 if r["split"] == "train" else 1) for r in rows)
+    assert all(prompts[r["prompt"]] == (6 if r["split"] == "train" else 1) for r in rows)
+    # a train prompt's 6 pairs are all pairs of its 4 responses: 4 sequences to featurize
+    responses = defaultdict(set)
+    for r in rows:
+        responses[r["prompt"]] |= {r["chosen"], r["rejected"]}
+    assert all(len(responses[r["prompt"]]) == (4 if r["split"] == "train" else 2) for r in rows)
     # categories are balanced within the train split
     train_cats = Counter(r["category"] for r in rows if r["split"] == "train")
-    assert set(train_cats.values()) == {300}
+    assert set(train_cats.values()) == {600}
 
 
 def test_categories_responses_address_the_prompt_subject(default_rows):
@@ -130,38 +137,61 @@ def _style_pairs(rows):
             for r in rows]
 
 
-def test_categories_preferences_conflict_across_categories(default_rows):
-    rows = default_rows["categories"]
+def _agrees(ranking, chosen, rejected):
+    return ranking.index(chosen) < ranking.index(rejected)
+
+
+def test_category_ranking_moves_the_favourite_to_the_top():
+    assert g.category_ranking(None) == g.GLOBAL_STYLE_RANKING
+    for category, favourite in g.PREFERRED_STYLE.items():
+        ranking = g.category_ranking(category)
+        assert ranking[0] == favourite
+        assert [s for s in ranking if s != favourite] == [s for s in g.GLOBAL_STYLE_RANKING if s != favourite]
+
+
+@pytest.mark.parametrize("strength", [0.0, 1.0])
+def test_categories_labels_follow_the_chosen_ranking(strength):
+    rows = g.categories(seed=1, n_train_prompts=40, n_validation_prompts=20, n_test_prompts=20,
+                        category_strength=strength, label_noise=0.0)
     pairs = _style_pairs(rows)
     assert all(c is not None and j is not None and c != j for _, c, j in pairs)
-    # routing on the category: the category's preferred style always wins
-    assert all(c == g.PREFERRED_STYLE[cat] for cat, c, _ in pairs)
+    for cat, c, j in pairs:
+        assert _agrees(g.category_ranking(cat if strength == 1.0 else None), c, j)
     # the final sentence alone carries the style (the model reads the last token)
     for r, (_, c, j) in zip(rows, pairs):
         assert g.style_of(last_sentence(r["chosen"]), g.CATEGORY_STYLES) == c
         assert g.style_of(last_sentence(r["rejected"]), g.CATEGORY_STYLES) == j
-    # no fixed global ranking of styles does much better than chance
-    for split in ("train", "validation", "test"):
-        sp = [p for r, p in zip(rows, pairs) if r["split"] == split]
-        best = 0.0
-        for order in itertools.permutations(g.CATEGORY_STYLES):
-            rank = {s: i for i, s in enumerate(order)}
-            acc = np.mean([rank[c] < rank[j] for _, c, j in sp])
-            best = max(best, acc)
-        assert best <= (0.5 + 1e-9 if split == "train" else 0.6), (split, best)
 
 
-def test_categories_label_noise_flips_about_the_right_fraction(default_rows):
-    clean = default_rows["categories"]
+def test_categories_strength_sets_the_share_of_category_driven_askers():
+    rows = g.categories(seed=0, category_strength=0.6, label_noise=0.0)
+    # per train prompt: does it follow its category's ranking or the global one? Fiction's
+    # favourite is globally last, so its 6 pairs always tell the two rankings apart.
+    by_prompt = defaultdict(list)
+    for r, p in zip(rows, _style_pairs(rows)):
+        if r["split"] == "train" and r["category"] == "Fiction":
+            by_prompt[r["prompt"]].append(p)
+    follows = [all(_agrees(g.category_ranking("Fiction"), c, j) for _, c, j in ps) for ps in by_prompt.values()]
+    assert all(f or all(_agrees(g.GLOBAL_STYLE_RANKING, c, j) for _, c, j in ps)
+               for f, ps in zip(follows, by_prompt.values()))
+    assert abs(np.mean(follows) - 0.6) < 0.12
+    # with full strength, no single global ranking fits: routing on the category is needed
+    strong = [p for r, p in zip(g.categories(seed=0, category_strength=1.0, label_noise=0.0),
+                                _style_pairs(g.categories(seed=0, category_strength=1.0, label_noise=0.0)))
+              if r["split"] == "train"]
+    best = max(np.mean([_agrees(order, c, j) for _, c, j in strong])
+               for order in itertools.permutations(g.CATEGORY_STYLES))
+    assert best < 0.8
+
+
+def test_categories_label_noise_flips_about_the_right_fraction():
+    clean = g.categories(seed=0, label_noise=0.0)
     noisy = g.categories(seed=0, label_noise=0.3)
     assert [r["prompt"] for r in noisy] == [r["prompt"] for r in clean]
     flipped = 0
     for a, b in zip(clean, noisy):
         assert {a["chosen"], a["rejected"]} == {b["chosen"], b["rejected"]}
         flipped += a["chosen"] != b["chosen"]
-        assert (g.style_of(b["chosen"], g.CATEGORY_STYLES) == g.PREFERRED_STYLE[b["category"]]) == (
-            a["chosen"] == b["chosen"]
-        )
     assert abs(flipped / len(clean) - 0.3) < 0.05
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,7 +53,20 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     again = sh(["dvc", "repro"], repo)
     assert "Running stage" not in again and "up to date" in again
 
+    for variant in ("single", "vanilla", "micro", "sparse", "hyre"):
+        metrics = json.loads((repo / "data" / "metrics" / "categories" / f"{variant}.json").read_text())
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["variant"] == variant
+        assert (repo / "data" / "models" / "categories" / variant / "model.safetensors").exists()
+    assert (repo / "data" / "plots" / "train" / "categories" / "sparse" / "train" / "div.tsv").exists()
+    shown = sh(["dvc", "metrics", "show", "--json"], repo)
+    assert "data/metrics/categories/sparse.json" in shown
+
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
+    before = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
     sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], repo)
-    assert "Running stage" not in sweep, sweep
+    ran = set(re.findall(r"Running stage '([^']+)'", sweep))
+    # the sweep knob reaches training and what follows it, never the cache
+    assert ran == {f"{stage}@{e}" for stage in ("train", "evaluate") for e in ("categories", "attributes", "users")}, sweep
+    after = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
+    assert after != before

@@ -1,0 +1,225 @@
+"""Training the reward heads from the feature cache (paper §4, App. A "Training Details").
+
+The backbone never runs here: inputs are the cached prompt and response states, streamed
+from disk by ``pipeline/pair_states.py``. One call of :func:`train_variant` trains one of
+
+    single   one linear head, Bradley-Terry
+    vanilla  MoE, Eq. 3 alone (all lambda = 0)
+    micro    MoE, Eq. 3 + alpha * sum_k p_k log p_k (MiCRo, alpha = 0.5)
+    sparse   MoE, Eq. 7 with lambda_ls, lambda_gb, lambda_div
+    hyre     20 linear heads + frozen random priors, uniform sum of BT losses
+
+with the paper's recipe: AdamW, lr 0.002 experts / 0.0005 router, 5 % linear warmup,
+3 epochs, batch 16, validation after every epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline import losses, metrics
+from pipeline.cache import FeatureCache
+from pipeline.models import HeadConfig, RewardHead
+from pipeline.pair_states import PairStates
+
+VARIANTS = ("single", "vanilla", "micro", "sparse", "hyre")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    lr_experts: float = 0.002
+    lr_router: float = 0.0005
+    weight_decay: float = 0.01        # torch's AdamW default ("a default AdamW optimizer")
+    warmup_fraction: float = 0.05
+    router: str = "mlp"               # mlp (paper) | linear (MiCRo's code)
+    router_hidden: int = 128
+    router_dropout: float = 0.2
+    router_jitter: float = 0.25
+    micro_alpha: float = 0.5
+    hyre_heads: int = 20
+    seed: int = 0
+    block_pairs: int = 8192           # pairs per streamed block (memory: block * 3 * H * 2 bytes)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "hyre_heads", "block_pairs", "router_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.block_pairs % self.batch_size:
+            raise ValueError(f"train.block_pairs ({self.block_pairs}) must be a multiple of "
+                             f"train.batch_size ({self.batch_size})")
+
+
+@dataclass
+class Objective:
+    """Weights of the loss terms (Eq. 7 + MiCRo). ``ensemble``: HyRe's sum of BT losses."""
+    lambda_ls: float = 0.0
+    lambda_gb: float = 0.0
+    lambda_div: float = 0.0
+    micro_alpha: float = 0.0
+    ensemble: bool = False
+
+
+@dataclass
+class Variant:
+    name: str
+    head: HeadConfig
+    objective: Objective = field(default_factory=Objective)
+
+
+def make_variant(name: str, *, hidden_size: int, num_experts: int, lambdas: dict[str, float],
+                 config: TrainConfig, provenance: dict[str, str] | None = None) -> Variant:
+    """The head architecture and objective of one named variant."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
+    head = dict(hidden_size=hidden_size, num_experts=num_experts, router=config.router,
+                router_hidden=config.router_hidden, router_dropout=config.router_dropout,
+                router_jitter=config.router_jitter, **(provenance or {}))
+    if name == "single":
+        return Variant(name, HeadConfig(kind="single", **{**head, "num_experts": 1}))
+    if name == "hyre":
+        return Variant(name, HeadConfig(kind="hyre", **{**head, "num_experts": config.hyre_heads}),
+                       Objective(ensemble=True))
+    objective = {"vanilla": Objective(), "micro": Objective(micro_alpha=config.micro_alpha),
+                 "sparse": Objective(lambda_ls=lambdas["lambda_ls"], lambda_gb=lambdas["lambda_gb"],
+                                     lambda_div=lambdas["lambda_div"])}[name]
+    return Variant(name, HeadConfig(kind="moe", **head), objective)
+
+
+def batch_loss(head: RewardHead, objective: Objective, prompt: torch.Tensor, chosen: torch.Tensor,
+               rejected: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    log_weights, margins = head.pair_outputs(prompt, chosen, rejected)
+    if objective.ensemble:
+        loss = losses.bradley_terry_loss(margins)  # each head on its own, summed (HyRe)
+        return loss, {"bt": float(loss.detach())}
+    loss, terms = losses.total_loss(log_weights, margins, lambda_ls=objective.lambda_ls,
+                                    lambda_gb=objective.lambda_gb, lambda_div=objective.lambda_div,
+                                    micro_alpha=objective.micro_alpha)
+    return loss, {"loss": float(loss.detach()), **terms}
+
+
+@torch.no_grad()
+def predict(head: RewardHead, states: PairStates, batch_size: int = 1024,
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(routing weights [N, K], expert margins [N, K]) for every pair, in ``states.pair_ids`` order."""
+    head.eval()
+    weights = np.zeros((len(states), head.num_experts))
+    margins = np.zeros((len(states), head.num_experts))
+    for batch in states.batches(batch_size, block_pairs=batch_size * 8, device=device):
+        log_w, m = head.pair_outputs(batch.prompt, batch.chosen, batch.rejected)
+        weights[batch.rows] = log_w.exp().double().cpu().numpy()
+        margins[batch.rows] = m.double().cpu().numpy()
+    return weights, margins
+
+
+def evaluate(head: RewardHead, states: PairStates, device: str = "cpu") -> dict[str, float]:
+    return metrics.behaviour_metrics(*predict(head, states, device=device))
+
+
+def _param_groups(head: RewardHead, config: TrainConfig) -> list[dict[str, Any]]:
+    groups = [{"params": list(head.experts.parameters()), "lr": config.lr_experts, "name": "experts"}]
+    if head.router is not None:
+        groups.append({"params": list(head.router.parameters()), "lr": config.lr_router, "name": "router"})
+    return groups
+
+
+def train_variant(variant: Variant, train: PairStates, validation: PairStates, config: TrainConfig,
+                  *, show_progress: bool = True) -> tuple[RewardHead, dict[str, list[dict[str, float]]]]:
+    """Train one variant. Returns the head (eval mode) and its curves:
+    ``{"train": [{"step", <loss terms>}...], "validation": [{"step", "epoch", <metrics>}...]}``."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    head = RewardHead(variant.head)
+    head.set_input_stats(*(torch.from_numpy(m).float() for m in train.moments(config.block_pairs)))
+    head.to(config.device)
+    optimizer = torch.optim.AdamW(_param_groups(head, config), weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = max(1, round(config.warmup_fraction * total))
+    # Linear warmup to the base rates, then constant ("5% warmup steps", App. A).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    curves: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
+    bar = tqdm(total=total, desc=f"train {variant.name}", unit="step", disable=not show_progress)
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        head.train()
+        for batch in train.batches(config.batch_size, shuffle=True, rng=rng,
+                                   block_pairs=config.block_pairs, device=config.device):
+            loss, terms = batch_loss(head, variant.objective, batch.prompt, batch.chosen, batch.rejected)
+            if not math.isfinite(terms.get("loss", terms.get("bt", 0.0))):
+                raise FloatingPointError(f"{variant.name}: loss became {terms} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            curves["train"].append({"step": step, **terms})
+            bar.update()
+            if step % 20 == 0 or step == total:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+        val = evaluate(head, validation, config.device)
+        curves["validation"].append({"step": step, "epoch": epoch, **val})
+        bar.write(f"{variant.name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+    bar.close()
+    return head.eval().cpu(), curves
+
+
+def write_curves(curves: dict[str, list[dict[str, float]]], directory: str | Path) -> None:
+    """DVCLive's layout: ``<dir>/<split>/<name>.tsv`` with columns ``step`` and ``<name>``,
+    one file per curve, which ``dvc plots show`` renders without extra configuration."""
+    for split, rows in curves.items():
+        if not rows:
+            continue
+        out = Path(directory) / split
+        out.mkdir(parents=True, exist_ok=True)
+        for name in rows[0]:
+            if name in ("step", "epoch"):
+                continue
+            with open(out / f"{name}.tsv", "w", newline="") as f:
+                writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+                writer.writerow(["step", name])
+                writer.writerows([r["step"], f"{r[name]:.6g}"] for r in rows)
+
+
+class CacheMismatchError(ValueError):
+    pass
+
+
+def check_cache_backbone(manifest: dict[str, Any], expected: dict[str, str], where: str) -> None:
+    """Refuse a cache built by another backbone than the params name, before any training."""
+    if manifest.get("backbone") != expected["source"] or str(manifest.get("revision")) != str(expected["revision"]):
+        raise CacheMismatchError(
+            f"{where} was built by backbone {manifest.get('backbone')!r} (revision {manifest.get('revision')!r}), "
+            f"but params.yaml's backbone is {expected['source']!r} (revision {expected['revision']!r}). "
+            f"Re-run featurize with this backbone (`dvc repro`), or set backbone.source to the cache's.")
+
+
+def train_experiment(cache: FeatureCache, models_dir: str | Path, curves_dir: str | Path, *,
+                     variants: list[str], num_experts: int, lambdas: dict[str, float], config: TrainConfig,
+                     scratch: str | Path, extra: dict[str, Any] | None = None,
+                     show_progress: bool = True) -> dict[str, dict[str, float]]:
+    """Train every variant on one cache. Writes ``<models_dir>/<variant>/`` (model.safetensors,
+    config.json) and ``<curves_dir>/<variant>/``; returns each variant's last validation metrics."""
+    train = PairStates.build(cache, "train", scratch, seed=config.seed, show_progress=show_progress)
+    validation = PairStates.build(cache, "validation", scratch, seed=config.seed, show_progress=show_progress)
+    provenance = {"backbone": cache.manifest["backbone"], "template_hash": cache.manifest["template_hash"]}
+    summary = {}
+    for name in variants:
+        variant = make_variant(name, hidden_size=cache.hidden_size, num_experts=num_experts, lambdas=lambdas,
+                               config=config, provenance=provenance)
+        head, curves = train_variant(variant, train, validation, config, show_progress=show_progress)
+        head.save(Path(models_dir) / name, variant=name, objective=vars(variant.objective),
+                  train=vars(config), cache_revision=cache.manifest.get("revision"), **(extra or {}))
+        write_curves(curves, Path(curves_dir) / name)
+        summary[name] = curves["validation"][-1]
+    return summary
