@@ -29,6 +29,19 @@ from pipeline.backbone import BackboneConfig, load
 from pipeline.featurize import FeaturizeConfig, featurize
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the process's own
+    address space; ``ru_maxrss`` is not used because it survives fork+exec, so a child
+    started by a big parent (say, one holding a 3B model) would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _subset(prepared: Path, limit: int, workdir: Path) -> Path:
     table = pq.read_table(prepared / "pairs.parquet" if prepared.is_dir() else prepared)
     table = table.slice(0, min(limit, table.num_rows))
@@ -75,7 +88,7 @@ def real(pairs_path: Path, backbone_config: BackboneConfig, config: FeaturizeCon
 
 def run_mode(mode: str, pairs_path: Path, backbone_config: BackboneConfig, config: FeaturizeConfig) -> dict[str, Any]:
     stats = naive(pairs_path, backbone_config) if mode == "naive" else real(pairs_path, backbone_config, config)
-    stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats["peak_rss_mb"] = peak_rss_mb()
     stats["mode"] = mode
     stats["pairs_per_s"] = stats["pairs"] / stats["seconds"]
     stats["sequences_per_s"] = stats["sequences"] / stats["seconds"]

@@ -89,11 +89,12 @@ def micro_loss(log_weights: torch.Tensor) -> torch.Tensor:
 
 def total_loss(log_weights: torch.Tensor, margins: torch.Tensor, *, lambda_ls: float = 0.0,
                lambda_gb: float = 0.0, lambda_div: float = 0.0, micro_alpha: float = 0.0,
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 7: L_RM + lambda_ls L_ls + lambda_gb L_gb + lambda_div L_div (+ alpha * MiCRo's term).
 
     Vanilla MoE is all weights 0; MiCRo is micro_alpha=0.5; sparse MoE uses the lambdas.
-    Returns the loss and each unweighted term as a float, for logging."""
+    Returns the loss and each unweighted term, detached, for logging (tensors, so that a
+    GPU run does not synchronize on every step)."""
     terms = {
         "rm": mixture_bt_loss(log_weights, margins),
         "ls": local_sparsity_loss(log_weights),
@@ -103,4 +104,4 @@ def total_loss(log_weights: torch.Tensor, margins: torch.Tensor, *, lambda_ls: f
     }
     loss = (terms["rm"] + lambda_ls * terms["ls"] + lambda_gb * terms["gb"]
             + lambda_div * terms["div"] + micro_alpha * terms["micro"])
-    return loss, {name: float(value.detach()) for name, value in terms.items()}
+    return loss, {name: value.detach() for name, value in terms.items()}

@@ -46,9 +46,11 @@ def write_synthetic_cache(out: str | Path, *, num_pairs: int, hidden_size: int, 
         lo, hi = shard * pairs_per_shard, min(num_pairs, (shard + 1) * pairs_per_shard)
         n = hi - lo
         cluster = rng.integers(num_clusters, size=n)
-        prompt = centres[cluster] + rng.normal(size=(n, hidden_size))
-        a, b = rng.normal(size=(n, hidden_size)), rng.normal(size=(n, hidden_size))
-        a_wins = np.einsum("nh,nh->n", directions[cluster], a - b) > 0
+        # float32 draws: a 50K-pair shard at hidden 3072 stays ~1 GB in memory
+        prompt = centres[cluster].astype(np.float32) + rng.standard_normal((n, hidden_size), dtype=np.float32)
+        a = rng.standard_normal((n, hidden_size), dtype=np.float32)
+        b = rng.standard_normal((n, hidden_size), dtype=np.float32)
+        a_wins = np.einsum("nh,nh->n", directions[cluster].astype(np.float32), a - b) > 0
         chosen, rejected = np.where(a_wins[:, None], a, b), np.where(a_wins[:, None], b, a)
         ids_c = [_id(seed, i, "c") for i in range(lo, hi)]
         ids_r = [_id(seed, i, "r") for i in range(lo, hi)]

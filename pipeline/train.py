@@ -97,15 +97,16 @@ def make_variant(name: str, *, hidden_size: int, num_experts: int, lambdas: dict
 
 
 def batch_loss(head: RewardHead, objective: Objective, prompt: torch.Tensor, chosen: torch.Tensor,
-               rejected: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+               rejected: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The variant's objective on one batch, and its terms (detached) for the curves."""
     log_weights, margins = head.pair_outputs(prompt, chosen, rejected)
     if objective.ensemble:
         loss = losses.bradley_terry_loss(margins)  # each head on its own, summed (HyRe)
-        return loss, {"bt": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
     loss, terms = losses.total_loss(log_weights, margins, lambda_ls=objective.lambda_ls,
                                     lambda_gb=objective.lambda_gb, lambda_div=objective.lambda_div,
                                     micro_alpha=objective.micro_alpha)
-    return loss, {"loss": float(loss.detach()), **terms}
+    return loss, {"loss": loss.detach(), **terms}
 
 
 @torch.no_grad()
@@ -153,20 +154,27 @@ def train_variant(variant: Variant, train: PairStates, validation: PairStates, c
     step = 0
     for epoch in range(1, config.epochs + 1):
         head.train()
+        epoch_terms: list[dict[str, torch.Tensor]] = []  # kept on the device: no per-step sync
         for batch in train.batches(config.batch_size, shuffle=True, rng=rng,
                                    block_pairs=config.block_pairs, device=config.device):
             loss, terms = batch_loss(head, variant.objective, batch.prompt, batch.chosen, batch.rejected)
-            if not math.isfinite(terms.get("loss", terms.get("bt", 0.0))):
-                raise FloatingPointError(f"{variant.name}: loss became {terms} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             step += 1
-            curves["train"].append({"step": step, **terms})
+            epoch_terms.append(terms)
             bar.update()
-            if step % 20 == 0 or step == total:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+            if step % 50 == 0:
+                bar.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
+        names = list(epoch_terms[0])
+        values = torch.stack([torch.stack([t[n] for n in names]) for t in epoch_terms]).cpu().tolist()
+        first = step - len(values) + 1
+        for i, row in enumerate(values):
+            if not math.isfinite(row[0]):
+                raise FloatingPointError(f"{variant.name}: the loss became {row[0]} at step {first + i} "
+                                         f"(terms {dict(zip(names, row))})")
+            curves["train"].append({"step": first + i, **dict(zip(names, row))})
         val = evaluate(head, validation, config.device)
         curves["validation"].append({"step": step, "epoch": epoch, **val})
         bar.write(f"{variant.name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))

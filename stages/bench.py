@@ -1,4 +1,4 @@
-"""`smoe bench featurize`: real featurize vs a naive batch-size-1 loop, same data, one run."""
+"""`smoe bench featurize` (real vs naive, same data, one run) and `smoe bench train`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import typer
 
 from pipeline.bench import compare
+from pipeline.train import TrainConfig
 from stages import params as P
 
 
@@ -36,3 +37,29 @@ def featurize_cmd(
     typer.echo(f"speedup (naive wall / real wall, same pairs): {res['speedup_wall']:.2f}x")
     if json_out:
         json_out.write_text(json.dumps({"device": device, **res}, indent=2) + "\n")
+
+
+def train_cmd(
+    pairs: int = typer.Option(36_000, help="Pairs in the synthetic cache (paper's SHP train set: 36K)."),
+    hidden: int = typer.Option(3072, help="State size (GRM-Llama3.2-3B: 3072)."),
+    experts: int = typer.Option(20, help="K (the paper's preference-700K setting: 20)."),
+    epochs: int = typer.Option(1, help="Epochs to time."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    workdir: Path = typer.Option(Path("/tmp/smoe-bench"), help="Where the synthetic cache is written (and reused)."),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (train block)."),
+    json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    """Time sparse-MoE training from a synthetic cache of paper scale: pairs/s and peak RSS
+    of the training process (the cache is streamed, never loaded)."""
+    from pipeline.bench_train import bench
+
+    base = vars(P.train_config(P.load(params_file))) if params_file.exists() else {}
+    config = P.build(TrainConfig, base, epochs=epochs, device=device)
+    res = bench(workdir, num_pairs=pairs, hidden_size=hidden, num_experts=experts, config=config)
+    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    typer.echo(f"training benchmark on {where}: sparse MoE, K={experts}, hidden {hidden}, "
+               f"{res['train_pairs']} train pairs of a {pairs}-pair cache ({res['cache_gb']:.2f} GB)")
+    typer.echo(f"build pair store {res['build_s']:.1f} s | train {res['train_s']:.1f} s for {epochs} epoch(s) "
+               f"= {res['pairs_per_s']:.0f} pairs/s | peak RSS {res['peak_rss_mb']:.0f} MB")
+    if json_out:
+        json_out.write_text(json.dumps({"device": where, **res}, indent=2) + "\n")
