@@ -207,6 +207,15 @@ class FeatureCache:
         for path in self.shard_paths():
             yield path, pq.read_table(path, columns=columns)
 
+    def iter_batches(self, columns: list[str], batch_rows: int = 4096) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
+        """(shard path, first row's index in the shard, batch) over every shard, ``batch_rows``
+        rows at a time: memory stays at one batch however large the shards are."""
+        for path in self.shard_paths():
+            offset = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+                yield path, offset, batch
+                offset += batch.num_rows
+
     def states(self, seq_ids: Iterable[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Map seq_id -> (response_state, prompt_state) as float32; all, or just ``seq_ids``.
         Loads into memory: for small caches and tests. Training streams shards instead."""

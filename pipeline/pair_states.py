@@ -78,24 +78,22 @@ class PairStates:
         with open(path, "wb") as f:
             f.truncate(pairs.num_rows * 3 * hidden * np.dtype(DTYPE).itemsize)
         found: set[str] = set()
-        shards = cache.shard_paths()
-        for shard_path, table in tqdm(cache.iter_shards(["seq_id", "response_state", "prompt_state"]),
-                                      total=len(shards), desc=f"reading {split} states", unit="shard",
-                                      disable=not show_progress):
-            ids = table.column("seq_id").to_pylist()
+        batches = cache.iter_batches(["seq_id", "response_state", "prompt_state"])
+        for shard_path, offset, batch in tqdm(batches, desc=f"reading {split} states", unit="batch",
+                                              disable=not show_progress):
+            ids = batch.column(0).to_pylist()
             hits = [i for i, sid in enumerate(ids) if sid in targets]
             if not hits:
                 continue
             take = pa.array(hits)
-            states = {"response_state": arrow_to_vectors(table.column("response_state").take(take)),
-                      "prompt_state": arrow_to_vectors(table.column("prompt_state").take(take))}
+            states = {"response_state": arrow_to_vectors(batch.column(1).take(take)),
+                      "prompt_state": arrow_to_vectors(batch.column(2).take(take))}
             for name, values in states.items():
                 bad = ~np.isfinite(values).all(axis=1)
                 if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    raise CacheError(f"{shard_path}: row {hits[i]} (seq_id {ids[hits[i]]}) has NaN or inf "
-                                     f"in {name}; {int(bad.sum())} such rows in this shard. Re-run featurize "
-                                     f"for this cache (the backbone produced non-finite states).")
+                    i = hits[int(np.flatnonzero(bad)[0])]
+                    raise CacheError(f"{shard_path}: row {offset + i} (seq_id {ids[i]}) has NaN or inf in {name}. "
+                                     f"Re-run featurize for this cache (the backbone produced non-finite states).")
             rows, slots, sources = [], [], []
             for j, i in enumerate(hits):
                 found.add(ids[i])
@@ -109,7 +107,8 @@ class PairStates:
             mm[rows_a[is_prompt], 0] = states["prompt_state"][src_a[is_prompt]]
             mm[rows_a[~is_prompt], slots_a[~is_prompt]] = states["response_state"][src_a[~is_prompt]]
             mm.flush()
-            del mm  # unmap per shard: written pages leave this process's resident set
+            del mm  # unmap per batch: written pages leave this process's resident set
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed batches otherwise
         missing = set(targets) - found
         if missing:
             raise CacheError(f"{cache.path}: {len(missing)} sequence(s) referenced by {split} pairs are in no "
@@ -155,19 +154,21 @@ class PairStates:
                 yield Batch(rows[b:b + batch_size], x[:, 0], x[:, 1], x[:, 2])
             carry, carry_rows = block[full:], rows[full:]
 
-    def moments(self, block_pairs: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(prompt mean, prompt std, response mean, response std) over the split, in float64."""
+    def moments(self, block_pairs: int = 8192, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(prompt mean, prompt std, response mean, response std) over the split. Sums are
+        float64; the work is done ``chunk`` rows at a time so memory stays ~one block."""
         n = 0
         sums = np.zeros((2, self.hidden_size))
         squares = np.zeros((2, self.hidden_size))
         for _, block in self.blocks(block_pairs):
-            b = block.astype(np.float64)
-            prompt, response = b[:, 0], b[:, 1:].reshape(-1, self.hidden_size)
-            sums[0] += prompt.sum(0)
-            squares[0] += (prompt ** 2).sum(0)
-            sums[1] += response.sum(0) / 2
-            squares[1] += (response ** 2).sum(0) / 2
-            n += len(b)
+            for start in range(0, len(block), chunk):
+                part = block[start:start + chunk].astype(np.float32)
+                prompt, response = part[:, 0], part[:, 1:].reshape(-1, self.hidden_size)
+                sums[0] += prompt.sum(0, dtype=np.float64)
+                squares[0] += np.einsum("ij,ij->j", prompt, prompt, dtype=np.float64)
+                sums[1] += response.sum(0, dtype=np.float64) / 2
+                squares[1] += np.einsum("ij,ij->j", response, response, dtype=np.float64) / 2
+                n += len(part)
         mean = sums / n
         std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
         return mean[0], std[0], mean[1], std[1]
