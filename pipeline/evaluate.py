@@ -33,12 +33,52 @@ def predictions_table(states: PairStates, weights: np.ndarray, margins: np.ndarr
     return pa.table(columns)
 
 
+def _categories(states: PairStates) -> np.ndarray | None:
+    """The ground-truth category per pair, when the data has one for every pair."""
+    if "category" not in states.metadata.column_names:
+        return None
+    values = states.metadata.column("category").to_pylist()
+    return None if any(v is None for v in values) else np.array(values)
+
+
+def _by_pair_id(states: PairStates, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Reorder rows by pair_id, so that tie-breaking in the top-n metrics is reproducible."""
+    order = np.argsort(np.array(states.pair_ids), kind="stable")
+    return tuple(a[order] for a in arrays)
+
+
+def specialization_metrics(val_weights: np.ndarray, val_categories: np.ndarray | None, weights: np.ndarray,
+                           margins: np.ndarray, categories: np.ndarray | None, *, top_n: int = 50,
+                           top_m: float = 0.10) -> dict[str, Any]:
+    """App. A Eq. 8-13 for one model: experts are labelled from validation (top ``top_n``),
+    purity and specialization are measured on test. Without categories only Eq. 12."""
+    out: dict[str, Any] = {}
+    spec_m, per_m = metrics.topm_specialization(weights, margins, top_m)
+    out["expert_specialization_topm"] = spec_m
+    experts: dict[str, Any] = {"specialization_topm": per_m,
+                               "mean_routing_weight": weights.mean(axis=0).tolist(),
+                               "accuracy": metrics.expert_correct(margins).mean(axis=0).tolist()}
+    if categories is not None and val_categories is not None:
+        assigned = metrics.assign_categories(val_weights, val_categories, top_n)
+        purity, per_purity = metrics.expert_purity(weights, categories, assigned, top_n)
+        spec, per_spec = metrics.category_specialization(margins, categories, assigned)
+        out.update(category_coverage=metrics.category_coverage(assigned, categories),
+                   expert_purity=purity, expert_specialization=spec)
+        experts.update(category=assigned, purity=per_purity, specialization=per_spec)
+    else:
+        out["expert_specialization"] = spec_m
+    out["experts"] = experts
+    return out
+
+
 def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], *,
                         metrics_dir: str | Path, predictions_dir: str | Path, scratch: str | Path,
                         split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Score every variant on ``split``; write ``<metrics_dir>/<variant>.json`` and
     ``<predictions_dir>/<variant>.parquet``. Returns the metrics."""
     states = PairStates.build(cache, split, scratch)
+    validation = PairStates.build(cache, "validation", scratch)
+    categories, val_categories = _categories(states), _categories(validation)
     results = {}
     for name in variants:
         head = RewardHead.load(Path(models_dir) / name)
@@ -46,6 +86,15 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
         weights, margins = predict(head, states)
         result = {**metrics.behaviour_metrics(weights, margins), "num_experts": head.num_experts,
                   "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
+        if head.num_experts > 1:
+            val_weights, _ = predict(head, validation)
+            (val_w,) = _by_pair_id(validation, val_weights)
+            (val_c,) = _by_pair_id(validation, val_categories) if val_categories is not None else (None,)
+            w, m = _by_pair_id(states, weights, margins)
+            (c,) = _by_pair_id(states, categories) if categories is not None else (None,)
+            result.update(specialization_metrics(val_w, val_c, w, m, c))
+            if c is not None:
+                result["per_category"] = metrics.per_category_table(w, m, c)
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
         (Path(metrics_dir) / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -75,3 +75,87 @@ def behaviour_metrics(weights: np.ndarray, margins: np.ndarray) -> dict[str, flo
         "global_entropy": global_entropy(weights),
         "expert_correlation": expert_correlation(margins),
     }
+
+
+# ----------------------------------------------------------------------------- App. A, Eq. 8-13
+#
+# Ties. Examples are ranked by an expert's routing weight with a stable sort, so equal
+# weights keep the order of the arrays passed in (the callers pass pairs sorted by
+# pair_id, which makes the choice reproducible). A majority vote that ties goes to the
+# category with the larger total routing weight among the voters, then to the first
+# name in sorted order.
+
+
+def top_examples(weights: np.ndarray, expert: int, n: int) -> np.ndarray:
+    """Indices of the ``n`` examples with the largest pi_k(x) (all of them if fewer)."""
+    return np.argsort(-weights[:, expert], kind="stable")[:n]
+
+
+def assign_categories(weights: np.ndarray, categories: np.ndarray, top_n: int = 50) -> list[str]:
+    """c_hat_k: the majority category among expert k's top-``top_n`` examples (paper: 50
+    validation examples). Every expert gets a label, also one that is never the top choice."""
+    labels = []
+    for k in range(weights.shape[1]):
+        top = top_examples(weights, k, top_n)
+        names, counts = np.unique(categories[top], return_counts=True)
+        mass = np.array([weights[top, k][categories[top] == c].sum() for c in names])
+        best = max(range(len(names)), key=lambda i: (counts[i], mass[i], -i))
+        labels.append(str(names[best]))
+    return labels
+
+
+def category_coverage(assigned: list[str], categories: list[str] | np.ndarray) -> float:
+    """Eq. 8: the share of ground-truth categories that at least one expert is assigned to."""
+    universe = set(np.asarray(categories).tolist())
+    return len(universe & set(assigned)) / len(universe)
+
+
+def expert_purity(weights: np.ndarray, categories: np.ndarray, assigned: list[str],
+                  top_n: int = 50) -> tuple[float, list[float]]:
+    """Eq. 9-10: per expert, the share of its top-``top_n`` test examples whose category is
+    its assigned one; and the mean over experts."""
+    per_expert = [float(np.mean(categories[top_examples(weights, k, top_n)] == assigned[k]))
+                  for k in range(weights.shape[1])]
+    return float(np.mean(per_expert)), per_expert
+
+
+def expert_correct(margins: np.ndarray) -> np.ndarray:
+    """[N, K] booleans: does expert k alone rank the pair right (Delta_k > 0)?"""
+    return margins > 0
+
+
+def category_specialization(margins: np.ndarray, categories: np.ndarray,
+                            assigned: list[str]) -> tuple[float, list[float]]:
+    """Eq. 11 and 13: Spec_k = Acc_k(D_{c_hat_k}) - mean_j Acc_j(D_{c_hat_k}); mean over k."""
+    correct = expert_correct(margins)
+    per_expert = []
+    for k, category in enumerate(assigned):
+        acc = correct[categories == category].mean(axis=0)  # Acc_j(D_c) for every j
+        per_expert.append(float(acc[k] - acc.mean()))
+    return float(np.mean(per_expert)), per_expert
+
+
+def topm_specialization(weights: np.ndarray, margins: np.ndarray, m: float = 0.10) -> tuple[float, list[float]]:
+    """Eq. 12-13, for data without categories: on T_k, the top ``m`` share of examples by
+    pi_k(x) (at least one), Spec_k = Acc_k(T_k) - mean_j Acc_j(T_k); mean over k."""
+    correct = expert_correct(margins)
+    n = max(1, int(round(m * len(weights))))
+    per_expert = []
+    for k in range(weights.shape[1]):
+        acc = correct[top_examples(weights, k, n)].mean(axis=0)
+        per_expert.append(float(acc[k] - acc.mean()))
+    return float(np.mean(per_expert)), per_expert
+
+
+def per_category_table(weights: np.ndarray, margins: np.ndarray, categories: np.ndarray) -> dict[str, dict]:
+    """Tables 9 and 10: per category, the behaviour metrics on its examples, each expert's
+    mean routing weight and each expert's own accuracy there."""
+    table = {}
+    for category in sorted(set(categories.tolist())):
+        mask = categories == category
+        table[category] = {
+            **behaviour_metrics(weights[mask], margins[mask]), "num_pairs": int(mask.sum()),
+            "expert_routing_weight": weights[mask].mean(axis=0).tolist(),
+            "expert_accuracy": expert_correct(margins[mask]).mean(axis=0).tolist(),
+        }
+    return table
