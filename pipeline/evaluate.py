@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import metrics
+from pipeline import figures, metrics
 from pipeline.cache import FeatureCache
 from pipeline.models import RewardHead, check_compatible
 from pipeline.pair_states import PairStates
@@ -71,11 +71,50 @@ def specialization_metrics(val_weights: np.ndarray, val_categories: np.ndarray |
     return out
 
 
+def write_figures(name: str, weights: np.ndarray, margins: np.ndarray, categories: np.ndarray | None,
+                  out_dir: str | Path) -> list[Path]:
+    """The routing heatmap (mean routing weight, category x expert) and the expert
+    correlation matrix of one variant."""
+    k = weights.shape[1]
+    experts = [f"E{i}" for i in range(k)]
+    paths = [figures.heatmap(metrics.correlation_matrix(margins), experts, experts,
+                             f"{name}: correlation of expert margins (test)", Path(out_dir) / f"{name}_expert_correlation.png",
+                             vmin=-1, vmax=1, cmap="coolwarm")]
+    if categories is not None:
+        names = sorted(set(categories.tolist()))
+        table = np.stack([weights[categories == c].mean(axis=0) for c in names])
+        paths.append(figures.heatmap(table, names, experts, f"{name}: mean routing weight by category (test)",
+                                     Path(out_dir) / f"{name}_routing_by_category.png", vmin=0, vmax=1))
+    return paths
+
+
+def routing_examples(name: str, pair_ids: list[str], weights: np.ndarray, categories: np.ndarray | None,
+                     prompts: dict[str, str], per_group: int = 2, seed: int = 0, width: int = 160) -> str:
+    """Table 2 of the paper: sample prompts (per category when known) with their routing
+    distribution, as markdown."""
+    rng = np.random.default_rng(seed)
+    groups = sorted(set(categories.tolist())) if categories is not None else ["all"]
+    k = weights.shape[1]
+    lines = [f"# {name}: routing of sample test prompts", "",
+             "| prompt | category | " + " | ".join(f"E{i}" for i in range(k)) + " |",
+             "|---|---|" + "---|" * k]
+    for group in groups:
+        rows = np.flatnonzero(categories == group) if categories is not None else np.arange(len(pair_ids))
+        for i in rng.choice(rows, size=min(per_group, len(rows)), replace=False):
+            text = " ".join(prompts.get(pair_ids[i], "?").split())
+            text = (text[:width] + "...") if len(text) > width else text
+            cells = " | ".join(f"**{w:.3f}**" if w == weights[i].max() else f"{w:.3f}" for w in weights[i])
+            lines.append(f"| {text.replace('|', '/')} | {group} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], *,
                         metrics_dir: str | Path, predictions_dir: str | Path, scratch: str | Path,
+                        figures_dir: str | Path | None = None, prompts: dict[str, str] | None = None,
                         split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Score every variant on ``split``; write ``<metrics_dir>/<variant>.json`` and
-    ``<predictions_dir>/<variant>.parquet``. Returns the metrics."""
+    """Score every variant on ``split``; write ``<metrics_dir>/<variant>.json``,
+    ``<predictions_dir>/<variant>.parquet`` (+ ``<variant>_examples.md`` when ``prompts``,
+    pair_id -> prompt text, is given) and figures. Returns the metrics."""
     states = PairStates.build(cache, split, scratch)
     validation = PairStates.build(cache, "validation", scratch)
     categories, val_categories = _categories(states), _categories(validation)
@@ -95,6 +134,12 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
             result.update(specialization_metrics(val_w, val_c, w, m, c))
             if c is not None:
                 result["per_category"] = metrics.per_category_table(w, m, c)
+            if figures_dir is not None:
+                write_figures(name, w, m, c, figures_dir)
+            if prompts is not None:
+                ids = sorted(states.pair_ids)
+                Path(predictions_dir).mkdir(parents=True, exist_ok=True)
+                (Path(predictions_dir) / f"{name}_examples.md").write_text(routing_examples(name, ids, w, c, prompts))
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
         (Path(metrics_dir) / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -28,9 +28,11 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 SPLITS = ("train", "validation", "test", "adapt")
 METADATA_COLUMNS = ("category", "domain", "attribute", "criterion", "user")
@@ -199,3 +201,16 @@ def validate_table(table: pa.Table, source: str) -> None:
             f"{source}: column 'prompt' must be {SCHEMA.field('prompt').type}, "
             f"found {table.schema.field('prompt').type}"
         )
+
+
+def prompt_text(prompt: Messages) -> str:
+    """The text a human reads as "the prompt": the last user message (the whole
+    conversation's last turn; earlier turns are context)."""
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def prompt_texts(prepared_pairs: str | Path) -> dict[str, str]:
+    """pair_id -> prompt text, from a prepared pairs table (for reports and interpretation)."""
+    table = pq.read_table(prepared_pairs, columns=["pair_id", "prompt"])
+    return {pid: prompt_text(p) for pid, p in zip(table.column("pair_id").to_pylist(), table.column("prompt").to_pylist())}

@@ -10,6 +10,7 @@ import typer
 
 from pipeline.cache import FeatureCache
 from pipeline.evaluate import evaluate_experiment
+from pipeline.pairs import prompt_texts
 from pipeline.train import VARIANTS
 from stages import params as P
 
@@ -22,17 +23,24 @@ def main(
     models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
     metrics_dir: Path = typer.Option(None, "--metrics", help="Default: data/metrics/<experiment>."),
     predictions: Path = typer.Option(None, help="Per-pair predictions. Default: data/predictions/<experiment>."),
+    prepared: Path = typer.Option(None, help="Prepared pairs (prompt text for the examples). Default: data/prepared/<dataset>."),
+    figures_dir: Path = typer.Option(None, "--figures", help="PNG figures. Default: data/plots/eval/<experiment>."),
 ) -> None:
     """Score each trained variant on the test split: accuracy, routing entropy (Eq. 4),
-    global entropy (Eq. 5), expert correlation (Eq. 6), and a per-pair Parquet dump."""
+    global entropy (Eq. 5), expert correlation (Eq. 6), and where the data has categories,
+    category coverage (Eq. 8), expert purity (Eq. 9-10) and specialization (Eq. 11-13) with
+    per-category tables. Also a per-pair Parquet dump, sample routings and figures."""
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
+    pairs_path = (prepared or Path("data/prepared") / spec["dataset"]) / "pairs.parquet"
+    prompts = prompt_texts(pairs_path) if pairs_path.exists() else None
     with tempfile.TemporaryDirectory(prefix="smoe-eval-") as scratch:
         results = evaluate_experiment(
             cache, models or Path("data/models") / experiment, variants,
             metrics_dir=metrics_dir or Path("data/metrics") / experiment,
             predictions_dir=predictions or Path("data/predictions") / experiment, scratch=scratch,
+            figures_dir=figures_dir or Path("data/plots/eval") / experiment, prompts=prompts,
             extra={"experiment": experiment, "dataset": spec["dataset"]})
     keys = ("accuracy", "routing_entropy", "global_entropy", "expert_correlation")
     typer.echo(json.dumps({v: {k: round(r[k], 4) for k in keys} for v, r in results.items()}, indent=1))

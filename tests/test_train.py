@@ -241,3 +241,29 @@ def test_smoe_train_refuses_a_cache_from_another_backbone(clustered, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1 and "error:" in proc.stderr and "built by backbone 'synthetic'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
+
+
+def test_evaluate_writes_category_metrics_figures_and_examples(clustered, tmp_path):
+    from pipeline.evaluate import evaluate_experiment
+
+    train_experiment(clustered, tmp_path / "models", tmp_path / "curves", variants=["single", "sparse"],
+                     num_experts=4, lambdas=LAMBDAS, config=FAST, scratch=tmp_path / "s", show_progress=False)
+    prompts = {pid: f"prompt of {pid}" for pid in clustered.pairs().column("pair_id").to_pylist()}
+    results = evaluate_experiment(clustered, tmp_path / "models", ["single", "sparse"], metrics_dir=tmp_path / "m",
+                                  predictions_dir=tmp_path / "p", scratch=tmp_path / "s2", figures_dir=tmp_path / "f",
+                                  prompts=prompts)
+    sparse = json.loads((tmp_path / "m" / "sparse.json").read_text())
+    assert sparse == json.loads(json.dumps(results["sparse"]))
+    for key in ("category_coverage", "expert_purity", "expert_specialization", "expert_specialization_topm"):
+        assert np.isfinite(sparse[key]), key
+    assert len(sparse["experts"]["category"]) == 4 and set(sparse["per_category"]) == {f"cluster{i}" for i in range(4)}
+    assert "category_coverage" not in results["single"]  # one expert: nothing to specialize
+    assert (tmp_path / "f" / "sparse_routing_by_category.png").stat().st_size > 1000
+    assert (tmp_path / "f" / "sparse_expert_correlation.png").exists()
+    examples = (tmp_path / "p" / "sparse_examples.md").read_text()
+    assert examples.count("| prompt of ") == 8  # 2 per category
+    # predictions join back to the cache by pair id
+    import pyarrow.parquet as pq
+    table = pq.read_table(tmp_path / "p" / "sparse.parquet")
+    test_ids = {r["pair_id"] for r in clustered.pairs().to_pylist() if r["split"] == "test"}
+    assert set(table.column("pair_id").to_pylist()) == test_ids

@@ -1,0 +1,35 @@
+"""Static figures (PNG) for DVC plots and the report. matplotlib with the Agg backend:
+no display needed, and the files render in `dvc plots show` and in markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: str | Path, *,
+            vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", fmt: str = "{:.2f}") -> Path:
+    """A labelled heatmap with the value printed in each cell."""
+    matrix = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(rows)), dpi=120)
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_title(title, fontsize=10)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if image.norm(matrix[i, j]) < 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
