@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +34,6 @@ def predictions_table(states: PairStates, weights: np.ndarray, margins: np.ndarr
     return pa.table(columns)
 
 
-def _categories(states: PairStates) -> np.ndarray | None:
-    """The ground-truth category per pair, when the data has one for every pair."""
-    if "category" not in states.metadata.column_names:
-        return None
-    values = states.metadata.column("category").to_pylist()
-    return None if any(v is None for v in values) else np.array(values)
-
-
-def _by_pair_id(states: PairStates, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Reorder rows by pair_id, so that tie-breaking in the top-n metrics is reproducible."""
-    order = np.argsort(np.array(states.pair_ids), kind="stable")
-    return tuple(a[order] for a in arrays)
-
-
 def specialization_metrics(val_weights: np.ndarray, val_categories: np.ndarray | None, weights: np.ndarray,
                            margins: np.ndarray, categories: np.ndarray | None, *, top_n: int = 50,
                            top_m: float = 0.10) -> dict[str, Any]:
@@ -69,6 +56,29 @@ def specialization_metrics(val_weights: np.ndarray, val_categories: np.ndarray |
         out["expert_specialization"] = spec_m
     out["experts"] = experts
     return out
+
+
+def split_specialization(validation: PairStates, val_weights: np.ndarray, states: PairStates, weights: np.ndarray,
+                         margins: np.ndarray, *, top_n: int = 50, top_m: float = 0.10) -> dict[str, Any]:
+    """:func:`specialization_metrics` on two splits' predictions (rows in PairStates order),
+    with categories from the pairs' metadata and rows sorted by pair_id."""
+    val_order, order = validation.order_by_pair_id(), states.order_by_pair_id()
+    val_c, c = validation.categories(), states.categories()
+    return specialization_metrics(val_weights[val_order], None if val_c is None else val_c[val_order],
+                                  weights[order], margins[order], None if c is None else c[order],
+                                  top_n=top_n, top_m=top_m)
+
+
+def merge_fidelity(result: dict[str, Any], experts_json: str | Path) -> dict[str, Any]:
+    """Copy ``description_fidelity`` (and its random baseline) from the interpret stage's
+    ``experts.json`` into a variant's metrics, when the file exists."""
+    path = Path(experts_json)
+    if path.exists():
+        report = json.loads(path.read_text())
+        for key in ("description_fidelity", "description_fidelity_random"):
+            if isinstance(report.get(key), (int, float)) and math.isfinite(report[key]):
+                result[key] = report[key]
+    return result
 
 
 def write_figures(name: str, weights: np.ndarray, margins: np.ndarray, categories: np.ndarray | None,
@@ -111,13 +121,13 @@ def routing_examples(name: str, pair_ids: list[str], weights: np.ndarray, catego
 def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], *,
                         metrics_dir: str | Path, predictions_dir: str | Path, scratch: str | Path,
                         figures_dir: str | Path | None = None, prompts: dict[str, str] | None = None,
+                        interpret_dir: str | Path | None = None,
                         split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Score every variant on ``split``; write ``<metrics_dir>/<variant>.json``,
     ``<predictions_dir>/<variant>.parquet`` (+ ``<variant>_examples.md`` when ``prompts``,
     pair_id -> prompt text, is given) and figures. Returns the metrics."""
     states = PairStates.build(cache, split, scratch)
     validation = PairStates.build(cache, "validation", scratch)
-    categories, val_categories = _categories(states), _categories(validation)
     results = {}
     for name in variants:
         head = RewardHead.load(Path(models_dir) / name)
@@ -127,19 +137,19 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
                   "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
         if head.num_experts > 1:
             val_weights, _ = predict(head, validation)
-            (val_w,) = _by_pair_id(validation, val_weights)
-            (val_c,) = _by_pair_id(validation, val_categories) if val_categories is not None else (None,)
-            w, m = _by_pair_id(states, weights, margins)
-            (c,) = _by_pair_id(states, categories) if categories is not None else (None,)
-            result.update(specialization_metrics(val_w, val_c, w, m, c))
+            result.update(split_specialization(validation, val_weights, states, weights, margins))
+            order, c = states.order_by_pair_id(), states.categories()
+            w, m, c = weights[order], margins[order], (None if c is None else c[order])
             if c is not None:
                 result["per_category"] = metrics.per_category_table(w, m, c)
             if figures_dir is not None:
                 write_figures(name, w, m, c, figures_dir)
             if prompts is not None:
-                ids = sorted(states.pair_ids)
                 Path(predictions_dir).mkdir(parents=True, exist_ok=True)
+                ids = [states.pair_ids[i] for i in order]
                 (Path(predictions_dir) / f"{name}_examples.md").write_text(routing_examples(name, ids, w, c, prompts))
+        if interpret_dir is not None:
+            merge_fidelity(result, Path(interpret_dir) / name / "experts.json")
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
         (Path(metrics_dir) / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -54,6 +54,17 @@ class PairStates:
     def __len__(self) -> int:
         return len(self.pair_ids)
 
+    def categories(self) -> np.ndarray | None:
+        """The ground-truth category per pair (file order), when every pair has one."""
+        if "category" not in self.metadata.column_names:
+            return None
+        values = self.metadata.column("category").to_pylist()
+        return None if any(v is None for v in values) else np.array(values)
+
+    def order_by_pair_id(self) -> np.ndarray:
+        """Row order sorted by pair_id: makes tie-breaking in top-n metrics reproducible."""
+        return np.argsort(np.array(self.pair_ids), kind="stable")
+
     # ------------------------------------------------------------------ building
 
     @classmethod

@@ -206,11 +206,22 @@ def validate_table(table: pa.Table, source: str) -> None:
 def prompt_text(prompt: Messages) -> str:
     """The text a human reads as "the prompt": the last user message (the whole
     conversation's last turn; earlier turns are context)."""
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else prompt[-1]["content"]
+    if not prompt:
+        return ""
+    users = [m for m in prompt if m.get("role") == "user"]
+    return str((users or prompt)[-1]["content"])
 
 
-def prompt_texts(prepared_pairs: str | Path) -> dict[str, str]:
-    """pair_id -> prompt text, from a prepared pairs table (for reports and interpretation)."""
+def prompt_texts(prepared_pairs: str | Path, pair_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """pair_id -> :func:`prompt_text`, from a prepared pairs table (for reports and
+    interpretation). With ``pair_ids``, every one of them must be in the table."""
     table = pq.read_table(prepared_pairs, columns=["pair_id", "prompt"])
-    return {pid: prompt_text(p) for pid, p in zip(table.column("pair_id").to_pylist(), table.column("prompt").to_pylist())}
+    out = {pid: prompt_text(p) for pid, p in zip(table.column("pair_id").to_pylist(), table.column("prompt").to_pylist())}
+    if pair_ids is not None:
+        wanted = set(pair_ids)
+        missing = sorted(wanted - set(out))
+        if missing:
+            raise SchemaError(f"{prepared_pairs}: {len(missing)} pair(s) of the feature cache have no prompt here "
+                              f"(e.g. {missing[0]}); is this the prepared table the cache was built from?")
+        out = {pid: out[pid] for pid in wanted}
+    return out

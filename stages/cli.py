@@ -8,11 +8,12 @@ import typer
 
 from pipeline.backbone import BackboneError
 from pipeline.cache import CacheError
+from pipeline.interpret import InterpretError
 from pipeline.models import IncompatibleFeaturesError
 from pipeline.pairs import SchemaError
 from pipeline.train import CacheMismatchError
 
-from stages import backbone, bench, cache_info, evaluate, featurize, prepare, score, train
+from stages import backbone, bench, cache_info, evaluate, featurize, interpret, prepare, score, train
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -20,6 +21,7 @@ app.command("backbone")(backbone.main)
 app.command("prepare")(prepare.main)
 app.command("featurize")(featurize.main)
 app.command("train")(train.main)
+app.command("interpret")(interpret.main)
 app.command("evaluate")(evaluate.main)
 app.command("score")(score.main)
 
@@ -36,7 +38,7 @@ app.add_typer(bench_app, name="bench")
 # reported as one line naming the problem, not as a traceback. Anything else is a bug and
 # keeps its traceback.
 USER_ERRORS = (CacheError, CacheMismatchError, IncompatibleFeaturesError, SchemaError, BackboneError,
-               FileNotFoundError)
+               InterpretError, FileNotFoundError)
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ def main(
     predictions: Path = typer.Option(None, help="Per-pair predictions. Default: data/predictions/<experiment>."),
     prepared: Path = typer.Option(None, help="Prepared pairs (prompt text for the examples). Default: data/prepared/<dataset>."),
     figures_dir: Path = typer.Option(None, "--figures", help="PNG figures. Default: data/plots/eval/<experiment>."),
+    interpret_dir: Path = typer.Option(None, "--interpret", help="Where `smoe interpret` wrote experts.json (description "
+                                                                 "fidelity is merged from there). Default: data/interpret/<experiment>."),
 ) -> None:
     """Score each trained variant on the test split: accuracy, routing entropy (Eq. 4),
     global entropy (Eq. 5), expert correlation (Eq. 6), and where the data has categories,
@@ -41,6 +43,7 @@ def main(
             metrics_dir=metrics_dir or Path("data/metrics") / experiment,
             predictions_dir=predictions or Path("data/predictions") / experiment, scratch=scratch,
             figures_dir=figures_dir or Path("data/plots/eval") / experiment, prompts=prompts,
+            interpret_dir=interpret_dir or Path("data/interpret") / experiment,
             extra={"experiment": experiment, "dataset": spec["dataset"]})
     keys = ("accuracy", "routing_entropy", "global_entropy", "expert_correlation")
     typer.echo(json.dumps({v: {k: round(r[k], 4) for k in keys} for v, r in results.items()}, indent=1))

@@ -58,6 +58,8 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["variant"] == variant
         assert (repo / "data" / "models" / "categories" / variant / "model.safetensors").exists()
     assert (repo / "data" / "plots" / "train" / "categories" / "sparse" / "train" / "div.tsv").exists()
+    assert (repo / "data" / "interpret" / "categories" / "sparse" / "experts.md").exists()  # offline default
+    assert "description_fidelity" in json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
     shown = sh(["dvc", "metrics", "show", "--json"], repo)
     assert "data/metrics/categories/sparse.json" in shown
 
@@ -67,6 +69,6 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], repo)
     ran = set(re.findall(r"Running stage '([^']+)'", sweep))
     # the sweep knob reaches training and what follows it, never the cache
-    assert ran == {f"{stage}@{e}" for stage in ("train", "evaluate") for e in ("categories", "attributes", "users")}, sweep
+    assert ran == {f"{stage}@{e}" for stage in ("train", "interpret", "evaluate") for e in ("categories", "attributes", "users")}, sweep
     after = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
     assert after != before

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from pipeline import cache as cache_mod
 from pipeline.backbone import BackboneConfig, load, source_identity
 from pipeline.cache import CacheError, FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize

@@ -1,0 +1,418 @@
+"""Expert interpretation: describers, judges, description fidelity (Eq. 19-20), outputs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from pipeline import interpret as I
+from pipeline.backbone import BackboneConfig, load
+from pipeline.cache import FeatureCache
+from pipeline.featurize import FeaturizeConfig, featurize
+from pipeline.train import TrainConfig, train_experiment
+from tests.test_featurize import write_prepared
+
+BAKING = [
+    "How long should I knead bread dough before it rises?",
+    "My sourdough bread comes out dense. Is my oven too cold?",
+    "What flour is best for baking a soft sandwich bread?",
+    "Why does my cake sink in the oven while baking?",
+    "Can I bake cookies without butter, and will the dough spread?",
+    "How hot should the oven be to bake a crusty baguette?",
+    "Is it normal for pizza dough to double overnight in the fridge?",
+    "What makes croissant dough flaky when you bake it?",
+    "How do I stop my pie crust from burning in the oven?",
+    "Why is my banana bread raw in the middle after baking?",
+    "Should I proof bread dough in a warm oven?",
+    "How much yeast do I need for one loaf of bread?",
+]
+LAW = [
+    "Is a verbal contract legally binding if my landlord breaks it?",
+    "Can my employer fire me for filing a lawsuit against them?",
+    "What court handles a small claims dispute with a contractor?",
+    "Do I need a lawyer to contest a parking ticket in court?",
+    "Is my landlord allowed to keep the deposit without a court order?",
+    "How do I sue someone who broke a written contract?",
+    "Can a lawyer represent both sides of a divorce settlement?",
+    "What happens in court if the other party ignores a subpoena?",
+    "Is a non-compete clause in my contract enforceable under state law?",
+    "Who pays the lawyer fees when a lawsuit is dismissed?",
+    "Can I break my lease legally if the landlord never repairs anything?",
+    "What does a judge consider when a contract has no signature?",
+]
+MISC = ["What is a good name for a grey cat?", "Which planet has the most moons?",
+        "How many strings does a cello have?", "What colour is a flamingo and why?"]
+
+
+# ----------------------------------------------------------------------------- keywords
+
+
+def test_keywords_describer_names_each_experts_topic_deterministically():
+    texts = BAKING + LAW + MISC
+    k_of = [0] * len(BAKING) + [1] * len(LAW) + [2] * len(MISC)
+    rng = np.random.default_rng(0)
+    # Each prompt mostly routes to its topic's expert; two pairs share every baking prompt.
+    pair_ids, prompt_texts, rows = [], {}, []
+    for i, (text, k) in enumerate(zip(texts, k_of)):
+        for copy in range(2 if k == 0 else 1):
+            pid = f"p{i:03d}{copy}"
+            pair_ids.append(pid)
+            prompt_texts[pid] = text
+            w = np.full(3, 0.05) + rng.uniform(0, 0.02, 3)
+            w[k] = 0.9 - 0.01 * i
+            rows.append(w / w.sum())
+    weights = np.array(rows)
+    describer = I.make_backend("keywords")
+    descriptions, tops = I.describe_from_weights(weights, pair_ids, prompt_texts, describer, top_n=10)
+    # top prompts by weight, distinct texts only (the duplicated baking pairs collapse)
+    assert [len(t) for t in tops] == [10, 10, 10]
+    assert {t["text"] for t in tops[2][:4]} == set(MISC)
+    assert {t["text"] for t in tops[0]} <= set(BAKING) and {t["text"] for t in tops[1]} <= set(LAW)
+    assert len({t["text"] for t in tops[0]}) == 10
+    assert [t["weight"] for t in tops[0]] == sorted((t["weight"] for t in tops[0]), reverse=True)
+    baking_words = {"bread", "dough", "oven", "bake", "baking"}
+    law_words = {"contract", "court", "lawyer", "landlord", "lawsuit"}
+    d0, d1 = (set(I.KeywordsBackend.keywords(d)) for d in descriptions[:2])
+    assert all(d.startswith("keywords: ") for d in descriptions)
+    assert len(d0 & baking_words) >= 2 and not d0 & law_words, descriptions
+    assert len(d1 & law_words) >= 2 and not d1 & baking_words, descriptions
+    assert "the" not in d0 | d1 and "how" not in d0 | d1  # English stop words removed
+    # deterministic, also when the pairs come in another order
+    perm = rng.permutation(len(pair_ids))
+    again, _ = I.describe_from_weights(weights[perm], [pair_ids[i] for i in perm], prompt_texts,
+                                       I.make_backend("keywords"), top_n=10)
+    assert again == descriptions
+
+
+def test_keywords_judge_matches_whole_words_case_insensitively():
+    judge = I.make_backend("keywords")
+    prompts = ["My DOUGH is too sticky", "A doughnut shop opened", "Read the contract", "Oven fire!"]
+    assert judge.judge(0, "keywords: dough, oven", prompts) == [1, 0, 0, 1]
+    assert judge.judge(0, "keywords: (none)", prompts) == [0, 0, 0, 0]
+    # a free-text description (from an LLM describer) is reduced to its content words
+    assert judge.judge(1, "asks about a legal contract", prompts) == [0, 0, 1, 0]
+    with pytest.raises(ValueError, match="unknown describer/judge 'gpt'"):
+        I.make_backend("gpt")
+
+
+def test_description_parsing():
+    assert I.parse_description('-"asks about baking bread"\n') == "asks about baking bread"
+    assert I.parse_description('asks for legal advice"') == "asks for legal advice"  # continues the prompt's -"
+    assert I.parse_description('<think>hmm</think>\n\n - "x y"') == "x y"
+    assert I.parse_description("  \n ") == ""
+    assert [I.parse_judgment(a) for a in ("YES", " no.", '"Yes"', "<think>a</think>NO", "MAYBE", "YES NO")] == \
+        [1, 0, 1, 0, None, None]
+
+
+# ----------------------------------------------------------------------------- fidelity
+
+
+class TableJudge(I.Backend):
+    """z(x) from a lookup: the description names a set of positive prompts."""
+
+    name = "table"
+
+    def __init__(self, positives: dict[str, set[str]]):
+        super().__init__()
+        self.positives = positives
+        self.calls = 0
+
+    def _judge(self, expert_id, description, prompts):
+        self.calls += len(prompts)
+        return [int(p in self.positives[description]) for p in prompts]
+
+
+def two_mode_weights(n: int = 1000, seed: int = 0) -> np.ndarray:
+    """pi_0 high (~0.9) on a random 10 % of examples, low (~0.1) elsewhere; pi_1 = 1 - pi_0."""
+    rng = np.random.default_rng(seed)
+    high = np.zeros(n, dtype=bool)
+    high[rng.choice(n, n // 10, replace=False)] = True
+    pi0 = np.where(high, 0.9, 0.1) + rng.uniform(-0.05, 0.05, n)
+    return np.stack([pi0, 1 - pi0], axis=1)
+
+
+def test_fidelity_of_a_perfect_description_is_near_one_and_beats_the_shuffled_baseline():
+    weights = two_mode_weights()
+    prompts = [f"prompt {i}" for i in range(len(weights))]
+    positives = {"high0": {p for p, w in zip(prompts, weights[:, 0]) if w > 0.5},
+                 "high1": {p for p, w in zip(prompts, weights[:, 1]) if w > 0.5}}
+    judge = TableJudge(positives)
+    result = I.fidelity(weights, prompts, ["high0", "high1"], judge, per_stratum=100, seed=0)
+    assert result.per_expert[0] > 0.95 and result.per_expert[1] > 0.95
+    assert result.overall == pytest.approx(np.mean(result.per_expert))
+    assert abs(result.random_overall) < 0.3 and result.random_overall < result.overall - 0.6
+    assert judge.calls == 400  # 2 experts x 200 examples; the baseline re-judges nothing
+    # seeded: the same sample and numbers again
+    again = I.fidelity(weights, prompts, ["high0", "high1"], TableJudge(positives), per_stratum=100, seed=0)
+    assert again.samples == result.samples and again.random_overall == result.random_overall
+    other = I.fidelity(weights, prompts, ["high0", "high1"], TableJudge(positives), per_stratum=100, seed=1)
+    assert other.samples != result.samples
+    # a description that picks the wrong examples is anti-correlated
+    wrong = I.fidelity(weights, prompts, ["high1", "high0"], judge, per_stratum=100, seed=0)
+    assert wrong.overall < -0.9
+
+
+def test_constant_judgments_or_weights_give_zero_fidelity():
+    weights = two_mode_weights(200)
+    prompts = [f"prompt {i}" for i in range(200)]
+    everything = TableJudge({"all": set(prompts), "none": set()})
+    result = I.fidelity(weights, prompts, ["all", "none"], everything, per_stratum=20)
+    assert result.per_expert == [0.0, 0.0] and result.random_per_expert == [0.0, 0.0] and result.overall == 0.0
+    assert I.pearson_or_zero(np.array([0, 1, 0, 1]), np.full(4, 0.25)) == 0.0
+    assert I.pearson_or_zero(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.1, 0.9])) == pytest.approx(1.0)
+
+
+def test_stratified_sample_takes_per_stratum_from_the_top_ten_percent_and_the_rest():
+    rng = np.random.default_rng(0)
+    pi = rng.uniform(size=1000)
+    top, rest = I.stratified_sample(pi, 100, 0.1, rng)
+    assert len(top) == 100 and len(rest) == 100 and not set(top) & set(rest)
+    assert set(top) == set(np.argsort(-pi)[:100])          # the whole top 10 % (100 examples)
+    assert pi[rest].max() < np.sort(pi)[-100]              # the rest lies below it
+    top, rest = I.stratified_sample(pi, 30, 0.1, np.random.default_rng(1))
+    assert len(top) == 30 and len(rest) == 30 and pi[top].min() >= np.sort(pi)[-100]
+    # a small split: fewer than per_stratum in a stratum -> all of it
+    top, rest = I.stratified_sample(pi[:50], 100, 0.1)
+    assert len(top) == 5 and len(rest) == 45
+    top, rest = I.stratified_sample(pi[:3], 100, 0.1)
+    assert len(top) == 1 and len(rest) == 2
+    result = I.fidelity(np.stack([pi[:50], 1 - pi[:50]], 1), [str(i) for i in range(50)], ["a", "b"],
+                        TableJudge({"a": {"1", "2"}, "b": {"3"}}), per_stratum=100)
+    assert result.num_top == [5, 5] and [len(s) for s in result.samples] == [50, 50]
+
+
+# ----------------------------------------------------------------------------- hf backend
+
+
+@pytest.fixture(scope="module")
+def hf_backend(tiny_llama):
+    return I.make_backend(f"hf:{tiny_llama}", max_new_tokens=8, batch_size=2, device="cpu")
+
+
+def test_hf_describer_with_a_tiny_random_model(hf_backend, monkeypatch):
+    description = hf_backend.describe(0, BAKING[:3])
+    assert description.strip()
+    # nothing usable generated -> an error naming the expert, not a blank description
+    monkeypatch.setattr(hf_backend.tokenizer, "decode", lambda *a, **k: "  \n\n ")
+    with pytest.raises(I.InterpretError, match="expert 3: hf:.* generated no description"):
+        hf_backend.describe(3, BAKING[:3])
+
+
+def test_hf_judge_compares_the_yes_and_no_logits(hf_backend, monkeypatch):
+    prompts = [BAKING[0], LAW[1] + " " + LAW[2], "short?"]  # different lengths: left padding in a batch
+    scores = hf_backend.judge_scores("asks about baking", prompts)
+    # the same number from one plain, unpadded forward pass
+    tok, model = hf_backend.tokenizer, hf_backend.model
+    for i in (0, 2):
+        ids = tok(hf_backend.render(I.judge_prompt("asks about baking", prompts[i])), add_special_tokens=False,
+                  return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1]
+        assert ids[0, -1] != tok.pad_token_id
+        assert scores[i] == pytest.approx(float(logits[hf_backend.yes_id] - logits[hf_backend.no_id]), abs=1e-4)
+    assert hf_backend.judge(0, "asks about baking", prompts) == [int(s > 0) for s in scores]
+    assert hf_backend.yes_id == tok("YES", add_special_tokens=False).input_ids[0]
+
+    class Forced:  # the model, with one token's logit pushed far up
+        def __init__(self, model, token):
+            self.model, self.token = model, token
+
+        def __call__(self, **kwargs):
+            out = self.model(**kwargs)
+            out.logits[..., self.token] += 1e4
+            return out
+
+    monkeypatch.setattr(hf_backend, "model", Forced(model, hf_backend.yes_id))
+    assert hf_backend.judge(1, "forced yes", prompts) == [1, 1, 1]
+    monkeypatch.setattr(hf_backend, "model", Forced(model, hf_backend.no_id))
+    assert hf_backend.judge(1, "forced no", prompts) == [0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- openai backend
+
+SECRET = "sk-test-0123456789-do-not-leak"
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        server = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        if server.mode == "sleep":
+            time.sleep(2.0)
+        if server.mode in ("fail", "unauthorized"):
+            # a careless server that echoes the credentials back
+            payload = f"server error, you sent {self.headers.get('Authorization')}".encode()
+            self.send_response(500 if server.mode == "fail" else 401)
+        else:
+            content = body["messages"][0]["content"]
+            if content.startswith("You are a binary classifier"):
+                text = content.split("Input text:\n", 1)[1].split("\nDecision rule:", 1)[0]
+                answer = "MAYBE" if server.mode == "maybe" else ("YES." if "bake" in text else "no")
+            else:
+                answer = '-"asks about baking bread"'
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubHandler)
+    server.daemon_threads = True
+    server.block_on_close = False
+    server.handle_error = lambda *a: None  # the client hung up on a sleeping handler: expected
+    server.mode, server.requests = "ok", []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def openai(stub, **opts):
+    return I.make_backend(f"openai:{stub.url}", **{"model": "stub-model", "api_key_env": "SMOE_TEST_KEY",
+                                                   "timeout": 5.0, "retries": 2, "backoff": 0.01, **opts})
+
+
+def test_openai_describe_and_judge_send_the_paper_prompts(stub, monkeypatch):
+    monkeypatch.setenv("SMOE_TEST_KEY", SECRET)
+    backend = openai(stub)
+    assert backend.describe(0, BAKING[:2]) == "asks about baking bread"
+    assert backend.judge(0, "asks about baking bread", ["how do I bake a pie?", "is my lease legal?"]) == [1, 0]
+    describe, judge_yes = stub.requests[0], stub.requests[1]
+    assert describe["path"] == "/v1/chat/completions"
+    assert describe["body"]["model"] == "stub-model" and describe["body"]["temperature"] == 0
+    content = describe["body"]["messages"][0]["content"]
+    head, tail = I.DESCRIBE_PROMPT.split("{examples}")
+    assert content.startswith(head) and content.endswith(tail) and BAKING[0] in content and BAKING[1] in content
+    assert "Task Overview You are a machine learning researcher" in content
+    content = judge_yes["body"]["messages"][0]["content"]
+    assert content == I.JUDGE_PROMPT.format(description="asks about baking bread", input_text="how do I bake a pie?")
+    assert describe["headers"]["Authorization"] == f"Bearer {SECRET}"
+    # no key in the environment: no Authorization header at all
+    monkeypatch.delenv("SMOE_TEST_KEY")
+    backend.describe(1, BAKING[:1])
+    assert "Authorization" not in stub.requests[-1]["headers"]
+    # an answer that is neither YES nor NO is an error naming the expert
+    stub.mode = "maybe"
+    with pytest.raises(I.InterpretError, match="expert 2: judge answered 'MAYBE', not YES or NO"):
+        backend.judge(2, "asks about law", ["what is a tort?"])
+
+
+def test_openai_http_errors_fail_after_bounded_retries_without_leaking_the_key(stub, monkeypatch, caplog):
+    monkeypatch.setenv("SMOE_TEST_KEY", SECRET)
+    stub.mode = "fail"
+    backend = openai(stub, retries=2)
+    with caplog.at_level("DEBUG"), pytest.raises(I.InterpretError) as info:
+        backend.describe(3, BAKING[:2])
+    message = str(info.value)
+    assert message.startswith("expert 3: describe request to ") and "failed after 3 attempts: HTTP 500" in message
+    assert len(stub.requests) == 3
+    assert SECRET not in message and SECRET not in caplog.text and "***" in message
+    assert "attempt 1/3 failed" in caplog.text
+    # a non-transient error is not retried
+    stub.mode, stub.requests = "unauthorized", []
+    with pytest.raises(I.InterpretError, match="expert 4: judge request .* failed after 1 attempt: HTTP 401") as info:
+        backend.judge(4, "d", ["x"])
+    assert len(stub.requests) == 1 and SECRET not in str(info.value)
+
+
+def test_openai_timeout_fails_quickly_naming_the_expert(stub):
+    stub.mode = "sleep"  # the handler sleeps 2 s before answering
+    backend = openai(stub, timeout=0.2, retries=1)
+    start = time.monotonic()
+    with pytest.raises(I.InterpretError, match=r"expert 5: judge request .* failed after 2 attempts: timed out"):
+        backend.judge(5, "asks about baking", ["bake?"])
+    assert time.monotonic() - start < 1.5
+    assert len(stub.requests) == 2
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def topic_run(tiny_llama, tmp_path_factory):
+    """A tiny-Llama cache of baking and law prompts (with categories) and two trained heads."""
+    root = tmp_path_factory.mktemp("interpret")
+    rows = []
+    for topic, prompts in (("baking", BAKING), ("law", LAW)):
+        for p, prompt in enumerate(prompts):
+            for k in range(2):
+                rows.append({"prompt": prompt, "chosen": f"A careful {topic} answer {p}.{k}.",
+                             "rejected": f"no idea {k}", "category": topic,
+                             "split": ("train", "train", "validation", "test")[p % 4]})
+    prepared = write_prepared(root / "prep", rows)
+    backbone = load(BackboneConfig(model=str(tiny_llama)))
+    featurize(prepared, root / "cache", backbone, FeaturizeConfig(dtype="float32"), dataset="tiny",
+              show_progress=False)
+    cache = FeatureCache(root / "cache")
+    config = TrainConfig(epochs=2, batch_size=8, block_pairs=64, router_hidden=16, hyre_heads=2)
+    train_experiment(cache, root / "models", root / "curves", variants=["single", "sparse"], num_experts=2,
+                     lambdas={"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0}, config=config,
+                     scratch=root / "scratch", show_progress=False)
+    return root, cache, prepared
+
+
+def test_interpret_variant_writes_the_expert_table(topic_run, tmp_path):
+    root, cache, prepared = topic_run
+    report = I.interpret_variant(cache, prepared, root / "models" / "sparse", tmp_path / "sparse", "keywords",
+                                 "keywords", per_stratum=5, scratch=tmp_path / "s", extra={"experiment": "tiny"})
+    data = json.loads((tmp_path / "sparse" / "experts.json").read_text())
+    assert data == json.loads(json.dumps(report))
+    assert data["num_experts"] == 2 and len(data["experts"]) == 2 and data["variant"] == "sparse"
+    assert np.isfinite(data["description_fidelity"]) and np.isfinite(data["description_fidelity_random"])
+    assert data["specialization_kind"] == "category" and data["num_test_prompts"] == 6
+    validation = {r for r in BAKING[2::4] + LAW[2::4]}
+    for e in data["experts"]:
+        assert e["description"].startswith("keywords: ") and np.isfinite(e["fidelity"])
+        assert e["category"] in ("baking", "law") and np.isfinite(e["specialization"])
+        texts = [t["text"] for t in e["top_prompts"]]
+        assert len(texts) == len(set(texts)) == 6 and set(texts) == validation  # 6 distinct validation prompts
+        assert e["num_judged"] == 6 and e["num_judged_top"] == 1
+    table = (tmp_path / "sparse" / "experts.md").read_text().splitlines()
+    assert "| ID | Natural Language Description | Description Fidelity | Expert Specialization |" in table
+    assert [line.split("|")[1].strip() for line in table if line.startswith("| ") and line[2].isdigit()] == ["0", "1"]
+    # a single head has nothing to interpret: skipped, nothing written
+    skipped = I.interpret_variant(cache, prepared, root / "models" / "single", tmp_path / "single", "keywords",
+                                  "keywords", scratch=tmp_path / "s2")
+    assert "single-expert" in skipped["skipped"] and not (tmp_path / "single").exists()
+
+
+def test_interpret_stage_command(topic_run, tmp_path):
+    from stages import interpret as stage
+
+    root, cache, prepared = topic_run
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"experiments": {"tiny": {"dataset": "tiny",
+                                                                                    "num_experts": 2}}}))
+    app = typer.Typer()
+    app.command()(stage.main)
+    result = CliRunner().invoke(app, ["tiny", "--params", str(tmp_path / "params.yaml"), "-v", "sparse", "-v", "single",
+                                      "--features", str(cache.path), "--models", str(root / "models"),
+                                      "--prepared", str(prepared), "--out", str(tmp_path / "out"),
+                                      "--per-stratum", "5"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert set(summary) == {"sparse", "single"} and "skipped" in summary["single"]
+    assert np.isfinite(summary["sparse"]["description_fidelity"])
+    assert (tmp_path / "out" / "sparse" / "experts.md").exists()
+    report = json.loads((tmp_path / "out" / "sparse" / "experts.json").read_text())
+    assert report["experiment"] == "tiny" and report["dataset"] == "tiny"
