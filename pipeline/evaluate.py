@@ -135,7 +135,7 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
         weights, margins = predict(head, states)
         result = {**metrics.behaviour_metrics(weights, margins), "num_experts": head.num_experts,
                   "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
-        if head.num_experts > 1:
+        if head.router is not None:  # input-dependent routing (moe); single/hyre have none to analyse
             val_weights, _ = predict(head, validation)
             result.update(split_specialization(validation, val_weights, states, weights, margins))
             order, c = states.order_by_pair_id(), states.categories()

@@ -255,7 +255,7 @@ def test_evaluate_writes_category_metrics_figures_and_examples(clustered, tmp_pa
     for key in ("category_coverage", "expert_purity", "expert_specialization", "expert_specialization_topm"):
         assert np.isfinite(sparse[key]), key
     assert len(sparse["experts"]["category"]) == 4 and set(sparse["per_category"]) == {f"cluster{i}" for i in range(4)}
-    assert "category_coverage" not in results["single"]  # one expert: nothing to specialize
+    assert "category_coverage" not in results["single"]  # no router: nothing to specialize
     assert (tmp_path / "f" / "sparse_routing_by_category.png").stat().st_size > 1000
     assert (tmp_path / "f" / "sparse_expert_correlation.png").exists()
     examples = (tmp_path / "p" / "sparse_examples.md").read_text()
