@@ -5,16 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _pyplot():
+    """matplotlib, imported on first use (0.3 s that every other `smoe` call would pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: str | Path, *,
             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", fmt: str = "{:.2f}") -> Path:
     """A labelled heatmap with the value printed in each cell."""
+    plt = _pyplot()
     matrix = np.asarray(matrix, dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(rows)), dpi=120)
     image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from pipeline.prepare import prepare
 from stages import params as P
 
 
@@ -18,6 +17,9 @@ def main(
 ) -> None:
     """Build the canonical pairs table of DATASET from its `datasets.<DATASET>` params
     (source: builtin:<name> | hub id | local file; plus seed, adapter, columns, ...)."""
+    # Imported here: `datasets` (0.7 s) is only needed by this stage, not by every `smoe` call.
+    from pipeline.prepare import prepare
+
     spec = dict(P.section(P.load(params_file), "datasets", dataset))
     source = spec.pop("source")
     builtin_params = spec.pop("params", None)
