@@ -50,6 +50,7 @@ class PairStates:
         self.pair_ids = pair_ids
         self.metadata = metadata      # one row per pair, in file order (pair_id first)
         self.hidden_size = hidden_size
+        self._moments: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}  # the file never changes
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -167,7 +168,10 @@ class PairStates:
 
     def moments(self, block_pairs: int = 8192, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(prompt mean, prompt std, response mean, response std) over the split. Sums are
-        float64; the work is done ``chunk`` rows at a time so memory stays ~one block."""
+        float64; the work is done ``chunk`` rows at a time so memory stays ~one block.
+        Computed once per instance: every variant trained on a split standardizes with them."""
+        if (block_pairs, chunk) in self._moments:
+            return self._moments[(block_pairs, chunk)]
         n = 0
         sums = np.zeros((2, self.hidden_size))
         squares = np.zeros((2, self.hidden_size))
@@ -182,4 +186,5 @@ class PairStates:
                 n += len(part)
         mean = sums / n
         std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
-        return mean[0], std[0], mean[1], std[1]
+        self._moments[(block_pairs, chunk)] = (mean[0], std[0], mean[1], std[1])
+        return self._moments[(block_pairs, chunk)]
