@@ -18,6 +18,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: str | Path, *,
             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", fmt: str = "{:.2f}") -> Path:
     """A labelled heatmap with the value printed in each cell."""
@@ -34,9 +43,22 @@ def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str,
                 ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if image.norm(matrix[i, j]) < 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
+
+
+def line_plot(x: list[float], series: dict[str, list[float]], title: str, path: str | Path, *, xlabel: str,
+              ylabel: str, errors: dict[str, list[float]] | None = None, ylim: tuple[float, float] | None = None) -> Path:
+    """One line per series (optionally with error bars), markers at each x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+    for name, ys in series.items():
+        err = (errors or {}).get(name)
+        ax.errorbar(x, ys, yerr=err, marker="o", capsize=3 if err is not None else 0, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)

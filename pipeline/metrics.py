@@ -159,3 +159,47 @@ def per_category_table(weights: np.ndarray, margins: np.ndarray, categories: np.
             "expert_accuracy": expert_correct(margins[mask]).mean(axis=0).tolist(),
         }
     return table
+
+
+# ---------------------------------------------------------------------------------------
+# Attribute steering (§5.2, App. A Eq. 14-18)
+# ---------------------------------------------------------------------------------------
+
+
+def target_experts(weights: np.ndarray, labels: np.ndarray, top_n: int = 100) -> dict[str, int]:
+    """Per label (attribute), k_a: the expert whose top-``top_n`` examples (paper: 100
+    validation examples) hold the largest share of that label. A tie goes to the lower
+    expert index."""
+    shares = np.stack([np.array([np.mean(labels[top_examples(weights, k, top_n)] == a)
+                                 for a in sorted(set(labels.tolist()))])
+                       for k in range(weights.shape[1])], axis=1)  # [A, K]
+    return {a: int(np.argmax(row)) for a, row in zip(sorted(set(labels.tolist())), shares)}
+
+
+def steered_weights(weights: np.ndarray, expert: int, w: float) -> np.ndarray:
+    """pi-tilde^(k, w): expert ``expert`` gets weight ``w`` and the others are rescaled to sum
+    to 1 - w. Where the router put all its mass on ``expert`` the others share 1 - w equally."""
+    k = weights.shape[1]
+    others = np.array(weights, dtype=np.float64)
+    others[:, expert] = 0.0
+    total = others.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rest = np.where(total > 0, others / total, 1.0 / (k - 1))
+    rest[:, expert] = 0.0
+    out = (1.0 - w) * rest
+    out[:, expert] = w
+    return out
+
+
+def flip_rate(correct_removed: np.ndarray, correct_steered: np.ndarray) -> float:
+    """Eq. 14-15: among the examples misclassified with the target expert removed (w = 0),
+    the share classified correctly after steering. NaN when there are none."""
+    wrong = ~np.asarray(correct_removed, dtype=bool)
+    return float(np.mean(np.asarray(correct_steered, dtype=bool)[wrong])) if wrong.any() else math.nan
+
+
+def undesired_flip_rate(correct_removed: np.ndarray, correct_steered: np.ndarray) -> float:
+    """Eq. 17-18: among the examples correct with the target expert removed, the share that
+    steering makes wrong. NaN when there are none."""
+    right = np.asarray(correct_removed, dtype=bool)
+    return float(np.mean(~np.asarray(correct_steered, dtype=bool)[right])) if right.any() else math.nan

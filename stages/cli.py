@@ -13,7 +13,10 @@ from pipeline.models import IncompatibleFeaturesError
 from pipeline.pairs import SchemaError
 from pipeline.train import CacheMismatchError
 
-from stages import backbone, bench, cache_info, evaluate, featurize, interpret, prepare, score, train
+from pipeline.personal import PreferenceFileError
+from pipeline.personalize import PersonalizeError
+
+from stages import adapt, backbone, bench, cache_info, evaluate, featurize, interpret, personalize, prepare, score, steer, train
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,7 +26,10 @@ app.command("featurize")(featurize.main)
 app.command("train")(train.main)
 app.command("interpret")(interpret.main)
 app.command("evaluate")(evaluate.main)
+app.command("steer")(steer.main)
+app.command("personalize")(personalize.main)
 app.command("score")(score.main)
+app.command("adapt")(adapt.main)
 
 cache_app = typer.Typer(help="Inspect and verify feature caches.", no_args_is_help=True)
 cache_app.command("info")(cache_info.main)
@@ -38,12 +44,14 @@ app.add_typer(bench_app, name="bench")
 # reported as one line naming the problem, not as a traceback. Anything else is a bug and
 # keeps its traceback.
 USER_ERRORS = (CacheError, CacheMismatchError, IncompatibleFeaturesError, SchemaError, BackboneError,
-               InterpretError, FileNotFoundError)
+               InterpretError, PersonalizeError, PreferenceFileError, FileNotFoundError)
 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click RETURNS the code of a `typer.Exit(n)` instead of
+        # exiting with it; pass it on, or a failed `smoe cache info` would exit 0.
+        code = app(standalone_mode=False)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
@@ -55,6 +63,7 @@ def main() -> None:
     except USER_ERRORS as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

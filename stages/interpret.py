@@ -34,18 +34,23 @@ def main(
     variants: list[str] = typer.Option(DEFAULT_VARIANTS, "--variant", "-v",
                                        help="Variants to interpret (repeatable). single and hyre are skipped."),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
-    describer: str = typer.Option("keywords", help="keywords | hf:<model or path> | openai:<base_url>."),
-    judge: str = typer.Option("keywords", help="keywords | hf:<model or path> | openai:<base_url>."),
-    top_n: int = typer.Option(20, help="Validation prompts per expert to describe it from (paper: 20)."),
-    per_stratum: int = typer.Option(100, help="Test prompts judged per stratum (top 10 % / rest; paper: 100)."),
-    seed: int = typer.Option(0, help="Seed of the stratified sample and of the random baseline."),
+    describer: str = typer.Option(None, help="keywords | hf:<model or path> | openai:<base_url>. "
+                                             "Default: params interpret.describer."),
+    judge: str = typer.Option(None, help="keywords | hf:<model or path> | openai:<base_url>. "
+                                         "Default: params interpret.judge."),
+    top_n: int = typer.Option(None, help="Validation prompts per expert to describe it from (paper: 20). "
+                                         "Default: params interpret.top_n."),
+    per_stratum: int = typer.Option(None, help="Test prompts judged per stratum (top 10 % / rest; paper: 100). "
+                                               "Default: params interpret.per_stratum."),
+    seed: int = typer.Option(None, help="Seed of the stratified sample and of the random baseline. "
+                                        "Default: params interpret.seed."),
     llm_model: str = typer.Option("gpt-4o-mini", help="Model name sent to an openai: endpoint."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the openai: API key."),
     timeout: float = typer.Option(30.0, help="openai: seconds per request."),
     retries: int = typer.Option(2, help="openai: extra attempts after a transient failure."),
     max_new_tokens: int = typer.Option(48, help="hf: tokens generated for a description."),
     device: str = typer.Option("auto", help="hf: device (auto | cpu | cuda)."),
-    keywords: int = typer.Option(5, help="keywords: terms per description."),
+    keywords: int = typer.Option(None, help="keywords: terms per description. Default: params interpret.keywords."),
     features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
     models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
     prepared: Path = typer.Option(None, help="Prepared pairs (prompt texts). "
@@ -57,6 +62,15 @@ def main(
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
+    # Command-line values win; the rest come from params.yaml's `interpret:` block, which
+    # DVC tracks, so changing the describer or the sample size reruns this stage.
+    settings = P.interpret_settings(params)
+    describer = describer or settings["describer"]
+    judge = judge or settings["judge"]
+    top_n = top_n if top_n is not None else settings["top_n"]
+    per_stratum = per_stratum if per_stratum is not None else settings["per_stratum"]
+    seed = seed if seed is not None else settings["seed"]
+    keywords = keywords if keywords is not None else settings["keywords"]
     options = dict(llm_model=llm_model, api_key_env=api_key_env, timeout=timeout, retries=retries,
                    max_new_tokens=max_new_tokens, device=device, keywords=keywords)
     try:

@@ -9,8 +9,10 @@ from typing import Any
 import typer
 import yaml
 
+from pipeline.adaptation import AdaptConfig
 from pipeline.backbone import BackboneConfig
 from pipeline.featurize import FeaturizeConfig
+from pipeline.personalize import PersonalizeConfig
 from pipeline.train import TrainConfig
 
 
@@ -74,3 +76,38 @@ def lambdas(params: dict[str, Any], name: str) -> dict[str, float]:
     (e.g. the paper's lambda_gb = 1.0 for preference-700K)."""
     spec = experiment(params, name)
     return {key: float(spec.get(key, section(params, key))) for key in LAMBDAS}
+
+
+INTERPRET_DEFAULTS = {"describer": "keywords", "judge": "keywords", "top_n": 20, "per_stratum": 100,
+                      "seed": 0, "keywords": 5}
+
+
+def settings_block(params: dict[str, Any], name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The ``name:`` block of params over ``defaults`` (the paper's values), rejecting unknown keys."""
+    values = dict(params.get(name) or {})
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise typer.BadParameter(f"{name}: unknown key(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **values}
+
+
+def interpret_settings(params: dict[str, Any]) -> dict[str, Any]:
+    return settings_block(params, "interpret", INTERPRET_DEFAULTS)
+
+
+STEER_DEFAULTS = {"label": "attribute", "top_n": 100, "weights": [0.25, 0.5, 0.75, 1.0], "random_repeats": 20, "seed": 0}
+
+
+def steer_settings(params: dict[str, Any]) -> dict[str, Any]:
+    return settings_block(params, "steer", STEER_DEFAULTS)
+
+
+def personalize_configs(params: dict[str, Any]) -> tuple[PersonalizeConfig, AdaptConfig]:
+    """The ``personalize:`` block split into the experiment's and the adaptation's settings."""
+    values = dict(params.get("personalize") or {})
+    experiment_keys = {f.name for f in fields(PersonalizeConfig)}
+    try:
+        return (build(PersonalizeConfig, {k: v for k, v in values.items() if k in experiment_keys}),
+                build(AdaptConfig, {k: v for k, v in values.items() if k not in experiment_keys}))
+    except ValueError as e:
+        raise typer.BadParameter(f"personalize: {e}") from None

@@ -231,3 +231,27 @@ def test_manifest_has_required_fields_and_verifies(tiny_llama, tmp_path):
     assert c.verify() == []
     t = pq.read_table(c.shard_paths()[0])
     assert t.schema.field("response_state").type.equals(pa.list_(pa.float16(), 32))
+
+
+def test_smoe_cache_info_exit_code_names_a_corrupt_shard(tmp_path, monkeypatch, capsys):
+    """`smoe cache info` exits non-zero on a bad checksum (typer.Exit's code must survive
+    the CLI wrapper), naming the shard."""
+    from pipeline.synthetic import write_synthetic_cache
+    from stages import cli
+
+    out = write_synthetic_cache(tmp_path / "c", num_pairs=40, hidden_size=4, pairs_per_shard=20)
+
+    def run() -> int:
+        monkeypatch.setattr("sys.argv", ["smoe", "cache", "info", str(out)])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        return exit_.value.code
+
+    assert run() == 0
+    shard = sorted((out / "shards").glob("*.parquet"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(data)
+    capsys.readouterr()
+    assert run() == 1
+    assert f"BAD {shard}" in capsys.readouterr().err

@@ -33,8 +33,11 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     params["backbone"]["source"] = str(model)
     params["backbone"]["system_prompt"] = None
     params["datasets"]["categories"]["params"] = {"n_train_prompts": 12, "n_validation_prompts": 6, "n_test_prompts": 6}
-    params["datasets"]["attributes"]["params"] = {"n_train_examples": 10, "n_validation_examples": 4, "n_test_examples": 10}
-    params["datasets"]["users"]["params"] = {"n_prompts": 12}
+    params["datasets"]["attributes"]["params"] = {"n_train_examples": 12, "n_validation_examples": 8,
+                                                  "n_test_examples": 24, "n_attributes": 4}
+    params["datasets"]["users"]["params"] = {"n_prompts": 24, "n_users": 3, "users_per_prompt": 3, "test_fraction": 0.5}
+    params["steer"]["top_n"] = 4
+    params["personalize"].update(sizes=[2, 4], seeds=[0, 1], epochs=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], repo)
     sh(["git", "config", "user.email", "ci@example.com"], repo)
@@ -60,8 +63,14 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     assert (repo / "data" / "plots" / "train" / "categories" / "sparse" / "train" / "div.tsv").exists()
     assert (repo / "data" / "interpret" / "categories" / "sparse" / "experts.md").exists()  # offline default
     assert "description_fidelity" in json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
+    steering = json.loads((repo / "data" / "metrics" / "attributes" / "steering.json").read_text())
+    assert set(steering["sparse"]["flip_rate_by_weight"]) == {"0.25", "0.5", "0.75", "1.0"}
+    for experiment in ("attributes", "users"):
+        personalization = json.loads((repo / "data" / "metrics" / experiment / "personalization.json").read_text())
+        assert set(personalization) == {"single", "vanilla", "micro", "sparse", "hyre", "settings"}
+        assert (repo / "data" / "personalize" / experiment / "personalization.md").exists()
     shown = sh(["dvc", "metrics", "show", "--json"], repo)
-    assert "data/metrics/categories/sparse.json" in shown
+    assert "data/metrics/categories/sparse.json" in shown and "data/metrics/attributes/steering.json" in shown
 
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
@@ -69,6 +78,7 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], repo)
     ran = set(re.findall(r"Running stage '([^']+)'", sweep))
     # the sweep knob reaches training and what follows it, never the cache
-    assert ran == {f"{stage}@{e}" for stage in ("train", "interpret", "evaluate") for e in ("categories", "attributes", "users")}, sweep
+    downstream = {f"{stage}@{e}" for stage in ("train", "interpret", "evaluate") for e in ("categories", "attributes", "users")}
+    assert ran == downstream | {"steer", "personalize@attributes", "personalize@users"}, sweep
     after = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
     assert after != before
