@@ -16,7 +16,8 @@ from pipeline.train import CacheMismatchError
 from pipeline.personal import PreferenceFileError
 from pipeline.personalize import PersonalizeError
 
-from stages import adapt, backbone, bench, cache_info, evaluate, featurize, interpret, personalize, prepare, score, steer, train
+from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
+                    report, score, steer, train)
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -28,6 +29,8 @@ app.command("interpret")(interpret.main)
 app.command("evaluate")(evaluate.main)
 app.command("steer")(steer.main)
 app.command("personalize")(personalize.main)
+app.command("report")(report.main)
+app.command("grid")(grid.main)
 app.command("score")(score.main)
 app.command("adapt")(adapt.main)
 

@@ -69,6 +69,8 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
         personalization = json.loads((repo / "data" / "metrics" / experiment / "personalization.json").read_text())
         assert set(personalization) == {"single", "vanilla", "micro", "sparse", "hyre", "settings"}
         assert (repo / "data" / "personalize" / experiment / "personalization.md").exists()
+    report = (repo / "data" / "report" / "REPORT.md").read_text()
+    assert "### Table 1:" in report and "### Table 13:" in report
     shown = sh(["dvc", "metrics", "show", "--json"], repo)
     assert "data/metrics/categories/sparse.json" in shown and "data/metrics/attributes/steering.json" in shown
 
@@ -79,6 +81,6 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     ran = set(re.findall(r"Running stage '([^']+)'", sweep))
     # the sweep knob reaches training and what follows it, never the cache
     downstream = {f"{stage}@{e}" for stage in ("train", "interpret", "evaluate") for e in ("categories", "attributes", "users")}
-    assert ran == downstream | {"steer", "personalize@attributes", "personalize@users"}, sweep
+    assert ran == downstream | {"steer", "personalize@attributes", "personalize@users", "report"}, sweep
     after = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
     assert after != before
