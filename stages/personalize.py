@@ -39,7 +39,8 @@ def main(
     config, adapt_config = P.personalize_configs(params)
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
     adapted = adapted or Path("data/personalize") / experiment
-    shutil.rmtree(adapted, ignore_errors=True)  # no heads left over from groups that no longer exist
+    for name in variants:  # no heads left over from groups that no longer exist; nothing else is touched
+        shutil.rmtree(adapted / name, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
         results = personalize_experiment(
             cache, models or Path("data/models") / experiment, variants, group_by, config=config,
