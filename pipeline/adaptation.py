@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline import metrics
 from pipeline.models import RewardHead
 
 REDUCTIONS = ("sum", "mean")
@@ -59,6 +60,17 @@ class AdaptConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+def pair_accuracy(head: RewardHead, prompt: torch.Tensor, chosen: torch.Tensor,
+                  rejected: torch.Tensor) -> tuple[float, list[float]]:
+    """(accuracy, mean routing weight per expert) of ``head`` on labelled pairs: what an
+    adaptation is judged by, before and after."""
+    with torch.no_grad():
+        log_w, margins = head.pair_outputs(prompt, chosen, rejected)
+    weights = log_w.exp().double().cpu().numpy()
+    margin = metrics.mixture_margin(weights, margins.double().cpu().numpy())
+    return metrics.accuracy(margin), weights.mean(axis=0).tolist()
 
 
 def method_for(head: RewardHead) -> str:

@@ -22,9 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from pipeline.adaptation import AdaptConfig, adapt, method_for
+from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
 from pipeline.models import RewardHead
 from pipeline.pairs import as_messages, canonical_prompt
 from pipeline.reward_model import RewardModel
@@ -125,16 +124,6 @@ def default_descriptions_path(model_dir: str | Path) -> Path | None:
 # ----------------------------------------------------------------------------- adaptation
 
 
-def _summary(head: RewardHead, prompt: torch.Tensor, chosen: torch.Tensor,
-             rejected: torch.Tensor) -> tuple[float, list[float]]:
-    """(accuracy, mean routing weight per expert) of ``head`` on the pairs."""
-    with torch.no_grad():
-        log_w, margins = head.pair_outputs(prompt, chosen, rejected)
-        weights = log_w.exp().double()
-        margin = (weights * margins.double()).sum(-1)
-    return float((margin > 0).double().mean()), weights.mean(0).cpu().tolist()
-
-
 def adapt_model(model: RewardModel, pairs: Sequence[Mapping[str, Any]], config: AdaptConfig | None = None, *,
                 descriptions: Mapping[int, str] | None = None) -> tuple[RewardHead, dict[str, Any]]:
     """Adapt ``model``'s head to ``pairs`` (rows of :func:`read_preference_file`).
@@ -157,9 +146,9 @@ def adapt_model(model: RewardModel, pairs: Sequence[Mapping[str, Any]], config: 
     # clone(): states come from inference mode, and the router adaptation needs autograd.
     prompt, chosen, rejected = (t.to(device).clone() for t in
                                 (prompt_states[:n], response_states[:n], response_states[n:]))
-    accuracy_before, weights_before = _summary(head, prompt, chosen, rejected)
+    accuracy_before, weights_before = pair_accuracy(head, prompt, chosen, rejected)
     adapted = adapt(head, prompt, chosen, rejected, config)
-    accuracy_after, weights_after = _summary(adapted, prompt, chosen, rejected)
+    accuracy_after, weights_after = pair_accuracy(adapted, prompt, chosen, rejected)
     descriptions = descriptions or {}
     experts = [{"id": k, "weight_before": b, "weight_after": a, "shift": a - b, "description": descriptions.get(k)}
                for k, (b, a) in enumerate(zip(weights_before, weights_after))]

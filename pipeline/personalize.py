@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import figures, metrics
-from pipeline.adaptation import AdaptConfig, adapt, method_for
+from pipeline import figures
+from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
 from pipeline.cache import FeatureCache
 from pipeline.models import RewardHead, check_compatible
 from pipeline.pair_states import PairStates
@@ -74,14 +74,6 @@ def split_groups(labels: np.ndarray, config: PersonalizeConfig) -> dict[str, tup
     return groups
 
 
-def _accuracy(head: RewardHead, x: torch.Tensor) -> tuple[float, np.ndarray]:
-    """(accuracy, mean routing weight) of ``head`` on pair states x [n, 3, H]."""
-    with torch.no_grad():
-        log_w, margins = head.pair_outputs(x[:, 0], x[:, 1], x[:, 2])
-    weights = log_w.exp().double().numpy()
-    return metrics.accuracy(metrics.mixture_margin(weights, margins.double().numpy())), weights.mean(axis=0)
-
-
 def slug(name: str) -> str:
     """A group name as a folder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "group"
@@ -96,7 +88,7 @@ def personalize_variant(head: RewardHead, x: torch.Tensor, groups: dict[str, tup
     after = np.zeros((len(groups), len(config.sizes), len(config.seeds)))
     before = np.zeros(len(groups))
     for g, (group, (pool, evaluation)) in enumerate(groups.items()):
-        before[g], weights_before = _accuracy(head, x[evaluation])
+        before[g], weights_before = pair_accuracy(head, *x[evaluation].unbind(1))
         shifts = []
         for i, n in enumerate(config.sizes):
             for j, seed in enumerate(config.seeds):
@@ -104,9 +96,9 @@ def personalize_variant(head: RewardHead, x: torch.Tensor, groups: dict[str, tup
                 chosen_rows = pool[np.random.default_rng([seed, g, n]).choice(len(pool), size=n, replace=False)]
                 xa = x[chosen_rows]
                 adapted = adapt(head, xa[:, 0], xa[:, 1], xa[:, 2], AdaptConfig(**{**asdict(adapt_config), "seed": seed}))
-                after[g, i, j], weights_after = _accuracy(adapted, x[evaluation])
+                after[g, i, j], weights_after = pair_accuracy(adapted, *x[evaluation].unbind(1))
                 if n == config.sizes[-1]:
-                    shifts.append(weights_after - weights_before)
+                    shifts.append(np.subtract(weights_after, weights_before))
                     if j == 0 and save_dir is not None:
                         adapted.save(save_dir / slug(group), group=group, adaptation_pairs=int(n), seed=int(seed))
         shift = np.mean(shifts, axis=0)
