@@ -2,7 +2,7 @@
 
 Layout of ``data/features/<dataset>/``::
 
-    manifest.json              what produced the cache, what it holds, shard checksums
+    manifest.json              what produced the cache, what it holds, checksums (shards, pairs)
     pairs.parquet              one row per kept pair; references sequences BY ID
     shards/shard-00000.parquet one row per unique (prompt, response) sequence
 
@@ -188,7 +188,8 @@ class FeatureCache:
         return [self.path / SHARD_DIR / s["file"] for s in self.manifest["shards"]]
 
     def verify(self) -> list[str]:
-        """Check every shard against its manifest checksum. Returns a list of problems."""
+        """Check every shard, and the pairs table, against its manifest checksum (caches
+        written before ``pairs_sha256`` existed skip the pairs check). Returns the problems."""
         problems = []
         for record in self.manifest["shards"]:
             path = self.path / SHARD_DIR / record["file"]
@@ -198,6 +199,8 @@ class FeatureCache:
                 problems.append(f"{path}: checksum mismatch (corrupt or truncated)")
         if not (self.path / PAIRS).exists():
             problems.append(f"{self.path / PAIRS}: missing")
+        elif "pairs_sha256" in self.manifest and sha256_file(self.path / PAIRS) != self.manifest["pairs_sha256"]:
+            problems.append(f"{self.path / PAIRS}: checksum mismatch (corrupt or truncated)")
         return problems
 
     def pairs(self, columns: list[str] | None = None) -> pa.Table:

@@ -123,9 +123,11 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
                         figures_dir: str | Path | None = None, prompts: dict[str, str] | None = None,
                         interpret_dir: str | Path | None = None,
                         split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Score every variant on ``split``; write ``<metrics_dir>/<variant>.json``,
-    ``<predictions_dir>/<variant>.parquet`` (+ ``<variant>_examples.md`` when ``prompts``,
-    pair_id -> prompt text, is given) and figures. Returns the metrics."""
+    """Score every variant on ``split``; write the key metrics (:func:`metrics.headline`,
+    what DVC tracks) to ``<metrics_dir>/<variant>.json``, every metric including the
+    per-expert and per-category tables to ``<predictions_dir>/<variant>_metrics.json``,
+    the per-pair ``<predictions_dir>/<variant>.parquet`` (+ ``<variant>_examples.md`` when
+    ``prompts``, pair_id -> prompt text, is given) and figures. Returns all metrics."""
     states = PairStates.build(cache, split, scratch)
     validation = PairStates.build(cache, "validation", scratch)
     results = {}
@@ -152,7 +154,8 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
             merge_fidelity(result, Path(interpret_dir) / name / "experts.json")
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-        (Path(metrics_dir) / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        (Path(metrics_dir) / f"{name}.json").write_text(json.dumps(metrics.headline(result), indent=2, sort_keys=True) + "\n")
+        (Path(predictions_dir) / f"{name}_metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         pq.write_table(predictions_table(states, weights, margins), Path(predictions_dir) / f"{name}.parquet")
         results[name] = result
     return results

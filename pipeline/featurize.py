@@ -336,6 +336,7 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
             "truncation_policy": backbone.config.truncation,
             "num_sequences": len(used),
             "num_pairs": pair_table.num_rows,
+            "pairs_sha256": cache.sha256_file(out_dir / cache.PAIRS),
             "pairs_by_split": dict(sorted(Counter(kept.get("split", [])).items())),
             "metadata_columns": meta_cols,
             "dropped": {"counts": dict(sorted(Counter(d["reason"] for d in dropped).items())),

@@ -203,3 +203,22 @@ def undesired_flip_rate(correct_removed: np.ndarray, correct_steered: np.ndarray
     steering makes wrong. NaN when there are none."""
     right = np.asarray(correct_removed, dtype=bool)
     return float(np.mean(~np.asarray(correct_steered, dtype=bool)[right])) if right.any() else math.nan
+
+
+# ---- what DVC tracks as metrics
+
+# The columns `dvc exp show` gets per evaluated head: every scalar metric, under the paper's
+# names (Table 1 and Table 4). The nested per-expert and per-category tables go to the
+# details file instead: DVC flattens nested metrics into one column per leaf, and hundreds
+# of columns would bury these.
+KEY_METRICS = ("accuracy", "routing_entropy", "global_entropy", "expert_correlation", "category_coverage",
+               "expert_purity", "expert_specialization", "expert_specialization_topm", "description_fidelity",
+               "description_fidelity_random")
+
+
+def headline(result: dict, keys: tuple[str, ...] = KEY_METRICS) -> dict[str, float]:
+    """The finite numbers among ``result[keys]``, for a DVC metrics file (one column each in
+    `dvc exp show`). Keys a head lacks (no router, no categories) or that are NaN (one
+    expert has no correlation) are left out rather than shown as empty columns."""
+    return {k: float(result[k]) for k in keys
+            if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool) and math.isfinite(result[k])}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import figures
+from pipeline import figures, metrics
 from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
 from pipeline.cache import FeatureCache
 from pipeline.models import RewardHead, check_compatible
@@ -129,13 +129,23 @@ def load_descriptions(experts_json: str | Path) -> dict[int, str]:
     return {int(e["id"]): str(e["description"]) for e in json.loads(path.read_text()).get("experts", [])}
 
 
+HEADLINE = ("accuracy_before", "accuracy", "gain", "gain_std")
+
+
+def headline(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The key numbers per model at the largest n, for the DVC metrics file (a
+    `dvc exp show` column each): accuracy before and after adaptation, gain and its std."""
+    return {name: metrics.headline(r, HEADLINE) for name, r in results.items() if name != "settings"}
+
+
 def personalize_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], group_by: str, *,
                            config: PersonalizeConfig, adapt_config: AdaptConfig, out_path: str | Path,
                            adapted_dir: str | Path | None, figures_dir: str | Path | None,
-                           tables_path: str | Path | None = None,
+                           tables_path: str | Path | None = None, metrics_path: str | Path | None = None,
                            interpret_dir: str | Path | None, scratch: str | Path) -> dict[str, Any]:
-    """Run :func:`personalize_variant` for every variant; write ``out_path`` (JSON), the
-    markdown tables (``tables_path``), the adapted heads and the Fig. 8 curve."""
+    """Run :func:`personalize_variant` for every variant; write every result to ``out_path``
+    (JSON), the key numbers (:func:`headline`) to ``metrics_path``, the markdown tables
+    (``tables_path``), the adapted heads and the Fig. 8 curve."""
     states = PairStates.build(cache, config.split, scratch)
     if group_by not in states.metadata.column_names or None in states.metadata.column(group_by).to_pylist():
         raise PersonalizeError(f"{cache.path}: every {config.split} pair needs a {group_by!r} value to "
@@ -160,6 +170,9 @@ def personalize_experiment(cache: FeatureCache, models_dir: str | Path, variants
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if metrics_path is not None:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(headline(results), indent=2, sort_keys=True) + "\n")
     if tables_path is not None:
         Path(tables_path).parent.mkdir(parents=True, exist_ok=True)
         Path(tables_path).write_text(markdown_tables(results, group_by))

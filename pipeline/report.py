@@ -7,22 +7,25 @@ figures next to the report (the folder is self-contained) and writes ``REPORT.md
 Where each table comes from (paths under the data directory; ``<exp>`` is a parameter,
 default in brackets):
 
-    Table 1          metrics/<exp>/{single,hyre,vanilla,micro,sparse}.json      [categories]
-    Table 9          metrics/<exp>/sparse.json "per_category"; the single head's per-category
-                     accuracy (the deltas) from its "per_category" or, lacking that,
-                     predictions/<exp>/single.parquet                            [categories]
-    Table 10         metrics/<exp>/sparse.json "per_category" and "experts"      [categories]
+    Table 1          predictions/<exp>/{single,hyre,vanilla,micro,sparse}_metrics.json [categories]
+    Table 9          predictions/<exp>/sparse_metrics.json "per_category"; the single head's
+                     per-category accuracy (the deltas) from its "per_category" or, lacking
+                     that, predictions/<exp>/single.parquet                      [categories]
+    Table 10         predictions/<exp>/sparse_metrics.json "per_category" and "experts" [categories]
     routing heatmaps plots/eval/<exp>/<variant>_{routing_by_category,expert_correlation}.png
-    Figure 2, 7      metrics/<exp>/steering.json,
+    Figure 2, 7      steer/<exp>/steering.json,
                      plots/steer/<exp>/{flip_rate,undesired_flip_rate}.png       [attributes]
-    Table 4          metrics/<exp>/<variant>.json; description fidelity from
+    Table 4          predictions/<exp>/<variant>_metrics.json; description fidelity from
                      interpret/<exp>/<variant>/experts.json when the metrics lack it [users]
     Table 11         interpret/<exp>/sparse/experts.json                         [users]
-    Table 5, 6, 12   metrics/<exp>/personalization.json                          [attributes]
-    Figure 8         metrics/<exp>/personalization.json "by_n",
+    Table 5, 6, 12   personalize/<exp>/personalization.json                      [attributes]
+    Figure 8         personalize/<exp>/personalization.json "by_n",
                      plots/personalize/<exp>/adaptation_size.png                 [attributes]
-    Table 13         metrics/<exp>/personalization.json                          [users]
+    Table 13         personalize/<exp>/personalization.json                      [users]
     Table 8          grid/grid.csv (optional, written by `smoe grid`)
+
+These are the stages' full results; the DVC metrics files under metrics/ hold only the key
+numbers (what `dvc exp show` displays) and are not read here.
 
 Numbers follow the paper: accuracies, purity, specialization, flip rates and personalization
 scores in percent with 2 decimals; entropies and correlations with 3 decimals; category
@@ -417,9 +420,9 @@ class _Builder:
 def _load_metrics(b: _Builder, experiment: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
     metrics, absent = {}, []
     for v in VARIANTS:
-        m = b.json(f"metrics/{experiment}/{v}.json")
+        m = b.json(f"predictions/{experiment}/{v}_metrics.json")
         if m is None:
-            absent.append(f"metrics/{experiment}/{v}.json")
+            absent.append(f"predictions/{experiment}/{v}_metrics.json")
         else:
             metrics[v] = m
     return metrics, absent
@@ -455,8 +458,8 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
 
     categories, absent = _load_metrics(b, category_experiment)
     if not categories:
-        raise ReportError(f"no metrics under {data_dir / 'metrics' / category_experiment}: expected "
-                          f"{', '.join(v + '.json' for v in VARIANTS)}; run `smoe evaluate {category_experiment}` first")
+        raise ReportError(f"no metrics under {data_dir / 'predictions' / category_experiment}: expected "
+                          f"{', '.join(v + '_metrics.json' for v in VARIANTS)}; run `smoe evaluate {category_experiment}` first")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     b.add("# Sparse MoE reward models: results",
@@ -475,7 +478,7 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
     _heatmaps(b, category_experiment, categories)
     chosen = categories.get(variant)
     if chosen is None or not chosen.get("per_category"):
-        b.add("### Tables 9 and 10", b.missing(f"metrics/{category_experiment}/{variant}.json", "with per-category metrics; "
+        b.add("### Tables 9 and 10", b.missing(f"predictions/{category_experiment}/{variant}_metrics.json", "with per-category metrics; "
                                                 f"run `smoe evaluate {category_experiment}` on data with categories"))
     else:
         single = dict(categories.get("single") or {})
@@ -491,10 +494,10 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
 
     # ---- §5.2 attribute steering
     b.add(f"## 2. Attribute steering (`{steer_experiment}`)")
-    steering = b.json(f"metrics/{steer_experiment}/steering.json")
+    steering = b.json(f"steer/{steer_experiment}/steering.json")
     how = f"run `smoe steer {steer_experiment}`"
     if steering is None:
-        b.add(b.missing(f"metrics/{steer_experiment}/steering.json", how))
+        b.add(b.missing(f"steer/{steer_experiment}/steering.json", how))
     else:
         b.table("Figure 2: flip rate", lambda: figure2_table(steering),
                 "Flip rate: the share of pairs wrong with the target expert removed that setting its weight to w "
@@ -538,10 +541,10 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
     for experiment, group, tables in ((attribute_experiment, "attribute", "5, 6, 12 and Figure 8"),
                                       (user_experiment, "user", "13")):
         how = f"run `smoe personalize {experiment} --group-by {group}`"
-        results = b.json(f"metrics/{experiment}/personalization.json")
+        results = b.json(f"personalize/{experiment}/personalization.json")
         b.add(f"### By {group} (`{experiment}`)")
         if results is None:
-            b.add(b.missing(f"metrics/{experiment}/personalization.json", f"Table {tables}; {how}"))
+            b.add(b.missing(f"personalize/{experiment}/personalization.json", f"Table {tables}; {how}"))
             continue
         settings = results.get("settings") or {}
         setup = (f"Adapted on n = {(settings.get('sizes') or ['?'])[-1]} pairs per {group}, "

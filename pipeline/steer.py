@@ -106,12 +106,32 @@ def paired_t_test(reference: dict[str, dict[str, Any]], other: dict[str, dict[st
             "num_attributes": len(shared)}
 
 
+def headline(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The key numbers per model, for the DVC metrics file (a `dvc exp show` column each):
+    flip rate and undesired flip rate (Eq. 16, 18), the flip rate at the largest weight, and
+    the paired t-test's p-value against the reference model."""
+    out = {}
+    for name, r in results.items():
+        if name == "settings":
+            continue
+        by_weight = r.get("flip_rate_by_weight") or {}
+        row = {"flip_rate": r.get("flip_rate"), "undesired_flip_rate": r.get("undesired_flip_rate"),
+               "flip_rate_at_max_weight": by_weight[max(by_weight, key=float)] if by_weight else None}
+        for key, test in r.items():
+            if key.startswith("t_test_vs_"):
+                row["p_value_vs_" + key.removeprefix("t_test_vs_")] = test.get("p_value")
+        out[name] = metrics.headline(row, tuple(row))
+    return out
+
+
 def steer_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], *, out_path: str | Path,
-                     figures_dir: str | Path | None, scratch: str | Path, label: str = "attribute",
-                     reference: str = "sparse", top_n: int = 100, steer_weights: tuple[float, ...] = STEER_WEIGHTS,
-                     random_repeats: int = 20, seed: int = 0) -> dict[str, Any]:
-    """Steer every variant (MoE heads only) and the random baseline; write ``out_path``
-    (JSON) and the Fig. 2 / Fig. 7 curves. Returns the results."""
+                     figures_dir: str | Path | None, scratch: str | Path, metrics_path: str | Path | None = None,
+                     label: str = "attribute", reference: str = "sparse", top_n: int = 100,
+                     steer_weights: tuple[float, ...] = STEER_WEIGHTS, random_repeats: int = 20,
+                     seed: int = 0) -> dict[str, Any]:
+    """Steer every variant (MoE heads only) and the random baseline; write every result to
+    ``out_path`` (JSON), the key numbers (:func:`headline`) to ``metrics_path`` and the
+    Fig. 2 / Fig. 7 curves. Returns the results."""
     validation = PairStates.build(cache, "validation", scratch)
     test = PairStates.build(cache, "test", scratch)
     for states, split in ((validation, "validation"), (test, "test")):
@@ -145,6 +165,9 @@ def steer_experiment(cache: FeatureCache, models_dir: str | Path, variants: list
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    if metrics_path is not None:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(headline(results), indent=2, sort_keys=True) + "\n")
     if figures_dir is not None:
         write_steering_figures(results, steer_weights, figures_dir)
     return results

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipeline.cache import FORMAT_VERSION, MANIFEST, PAIRS, SHARD_DIR, vectors_to_arrow, write_json, write_shard
+from pipeline.cache import FORMAT_VERSION, MANIFEST, PAIRS, SHARD_DIR, sha256_file, vectors_to_arrow, write_json, write_shard
 
 
 def _id(*parts: object) -> str:
@@ -77,7 +77,7 @@ def write_synthetic_cache(out: str | Path, *, num_pairs: int, hidden_size: int, 
     manifest = {
         "format_version": FORMAT_VERSION, "backbone": backbone, "revision": "synthetic",
         "hidden_size": hidden_size, "dtype": dtype, "pooling": "last", "template_hash": template_hash,
-        "max_length": 0, "num_sequences": 2 * num_pairs, "num_pairs": num_pairs,
+        "max_length": 0, "num_sequences": 2 * num_pairs, "num_pairs": num_pairs, "pairs_sha256": sha256_file(out / PAIRS),
         "pairs_by_split": {k: int(v) for k, v in splits.items()},
         "dropped": {"counts": {}, "pairs": [], "prepare": {}}, "truncated": {"count": 0, "seq_ids": []},
         "metadata_columns": ["category"], "dataset": "synthetic",

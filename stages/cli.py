@@ -15,9 +15,10 @@ from pipeline.train import CacheMismatchError
 
 from pipeline.personal import PreferenceFileError
 from pipeline.personalize import PersonalizeError
+from pipeline.share import PullError
 
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
-                    report, score, steer, train)
+                    pull, report, score, steer, train)
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -33,6 +34,7 @@ app.command("report")(report.main)
 app.command("grid")(grid.main)
 app.command("score")(score.main)
 app.command("adapt")(adapt.main)
+app.command("pull")(pull.main)
 
 cache_app = typer.Typer(help="Inspect and verify feature caches.", no_args_is_help=True)
 cache_app.command("info")(cache_info.main)
@@ -47,7 +49,7 @@ app.add_typer(bench_app, name="bench")
 # reported as one line naming the problem, not as a traceback. Anything else is a bug and
 # keeps its traceback.
 USER_ERRORS = (CacheError, CacheMismatchError, IncompatibleFeaturesError, SchemaError, BackboneError,
-               InterpretError, PersonalizeError, PreferenceFileError, FileNotFoundError)
+               InterpretError, PersonalizeError, PreferenceFileError, PullError, FileNotFoundError)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: data/models/<experiment> + its cache -> data/metrics/<experiment>/<variant>.json."""
+"""Stage `evaluate`: data/models/<experiment> + its cache -> data/metrics/<experiment>/<variant>.json (key
+numbers, what DVC tracks) + data/predictions/<experiment>/ (every metric, per-pair predictions, examples)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ def main(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
     features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
     models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
-    metrics_dir: Path = typer.Option(None, "--metrics", help="Default: data/metrics/<experiment>."),
-    predictions: Path = typer.Option(None, help="Per-pair predictions. Default: data/predictions/<experiment>."),
+    metrics_dir: Path = typer.Option(None, "--metrics", help="Key metrics per variant (the DVC metrics files). "
+                                                             "Default: data/metrics/<experiment>."),
+    predictions: Path = typer.Option(None, help="Per-pair predictions and every metric (<variant>_metrics.json). "
+                                                "Default: data/predictions/<experiment>."),
     prepared: Path = typer.Option(None, help="Prepared pairs (prompt text for the examples). Default: data/prepared/<dataset>."),
     figures_dir: Path = typer.Option(None, "--figures", help="PNG figures. Default: data/plots/eval/<experiment>."),
     interpret_dir: Path = typer.Option(None, "--interpret", help="Where `smoe interpret` wrote experts.json (description "

@@ -1,5 +1,6 @@
-"""Stage `personalize`: data/models/<experiment> + its cache -> data/metrics/<experiment>/personalization.json
-+ adapted heads in data/personalize/<experiment>/."""
+"""Stage `personalize`: data/models/<experiment> + its cache -> data/personalize/<experiment>/ (every result in
+personalization.json, the tables, the adapted heads) + data/metrics/<experiment>/personalization.json (key
+numbers, what DVC tracks)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ def main(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (reads `personalize:`)."),
     features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
     models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
-    out: Path = typer.Option(None, help="Metrics JSON. Default: data/metrics/<experiment>/personalization.json."),
+    out: Path = typer.Option(None, help="Every result (per n, per group, settings). "
+                                        "Default: <adapted>/personalization.json."),
+    metrics_path: Path = typer.Option(None, "--metrics", help="Key numbers per model, the DVC metrics file. "
+                                                              "Default: data/metrics/<experiment>/personalization.json."),
     adapted: Path = typer.Option(None, help="Adapted heads + tables. Default: data/personalize/<experiment>."),
     figures_dir: Path = typer.Option(None, "--figures", help="Fig. 8 PNG + CSV. Default: data/plots/personalize/<experiment>."),
     interpret_dir: Path = typer.Option(None, "--interpret", help="Expert descriptions (experts.json) for Table 6. "
@@ -44,7 +48,8 @@ def main(
     with tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
         results = personalize_experiment(
             cache, models or Path("data/models") / experiment, variants, group_by, config=config,
-            adapt_config=adapt_config, out_path=out or Path("data/metrics") / experiment / "personalization.json",
+            adapt_config=adapt_config, out_path=out or adapted / "personalization.json",
+            metrics_path=metrics_path or Path("data/metrics") / experiment / "personalization.json",
             adapted_dir=adapted, tables_path=adapted / "personalization.md",
             figures_dir=figures_dir or Path("data/plots/personalize") / experiment,
             interpret_dir=interpret_dir or Path("data/interpret") / experiment, scratch=scratch)

@@ -1,4 +1,5 @@
-"""Stage `steer`: data/models/<experiment> + its cache -> data/metrics/<experiment>/steering.json + Fig. 2/7."""
+"""Stage `steer`: data/models/<experiment> + its cache -> data/steer/<experiment>/steering.json (every result),
+data/metrics/<experiment>/steering.json (key numbers, what DVC tracks) + Fig. 2/7."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def main(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (reads the `steer:` block)."),
     features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
     models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
-    out: Path = typer.Option(None, help="Metrics JSON. Default: data/metrics/<experiment>/steering.json."),
+    out: Path = typer.Option(None, help="Every result (per attribute, per weight, t-tests). "
+                                        "Default: data/steer/<experiment>/steering.json."),
+    metrics_path: Path = typer.Option(None, "--metrics", help="Key numbers per model, the DVC metrics file. "
+                                                              "Default: data/metrics/<experiment>/steering.json."),
     figures_dir: Path = typer.Option(None, "--figures", help="Fig. 2/7 PNG + CSV. Default: data/plots/steer/<experiment>."),
 ) -> None:
     """Attribute steering (paper §5.2, Eq. 14-18): per attribute, pick the expert whose
@@ -36,7 +40,8 @@ def main(
     with tempfile.TemporaryDirectory(prefix="smoe-steer-") as scratch:
         results = steer_experiment(
             cache, models or Path("data/models") / experiment, variants,
-            out_path=out or Path("data/metrics") / experiment / "steering.json",
+            out_path=out or Path("data/steer") / experiment / "steering.json",
+            metrics_path=metrics_path or Path("data/metrics") / experiment / "steering.json",
             figures_dir=figures_dir or Path("data/plots/steer") / experiment, scratch=scratch,
             label=settings["label"], top_n=settings["top_n"], steer_weights=tuple(settings["weights"]),
             random_repeats=settings["random_repeats"], seed=settings["seed"])

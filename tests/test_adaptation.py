@@ -192,8 +192,11 @@ def test_personalize_experiment_writes_tables_heads_and_curve(tmp_path):
         cache, tmp_path / "models", ["single", "sparse", "hyre"], "category", config=config,
         adapt_config=AdaptConfig(epochs=3), out_path=tmp_path / "m" / "personalization.json",
         adapted_dir=tmp_path / "adapted", figures_dir=tmp_path / "fig", tables_path=tmp_path / "adapted" / "p.md",
-        interpret_dir=tmp_path / "interpret", scratch=tmp_path / "s2")
+        interpret_dir=tmp_path / "interpret", scratch=tmp_path / "s2", metrics_path=tmp_path / "key.json")
     saved = json.loads((tmp_path / "m" / "personalization.json").read_text())
+    key = json.loads((tmp_path / "key.json").read_text())  # the DVC metrics file: flat key numbers per model
+    assert key["sparse"] == {k: saved["sparse"][k] for k in ("accuracy_before", "accuracy", "gain", "gain_std")}
+    assert set(key) == {"single", "sparse", "hyre"}
     assert saved["sparse"]["by_n"].keys() == {"4", "16"} and saved["settings"]["group_by"] == "category"
     assert results["single"]["gain"] == 0.0 and results["single"]["method"] == "none"
     assert results["sparse"]["method"] == "hedge" and results["hyre"]["method"] == "hyre"

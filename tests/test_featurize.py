@@ -255,3 +255,16 @@ def test_smoe_cache_info_exit_code_names_a_corrupt_shard(tmp_path, monkeypatch, 
     capsys.readouterr()
     assert run() == 1
     assert f"BAD {shard}" in capsys.readouterr().err
+
+
+def test_verify_catches_a_corrupt_pairs_table(tmp_path):
+    """The pairs table is checksummed too: a flipped byte in it is not a silent pass."""
+    from pipeline.synthetic import write_synthetic_cache
+
+    out = write_synthetic_cache(tmp_path / "c", num_pairs=40, hidden_size=4, pairs_per_shard=20)
+    assert cache.FeatureCache(out).verify() == []
+    pairs = out / cache.PAIRS
+    data = bytearray(pairs.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pairs.write_bytes(data)
+    assert cache.FeatureCache(out).verify() == [f"{pairs}: checksum mismatch (corrupt or truncated)"]

@@ -23,7 +23,10 @@ def sh(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.mark.slow
-def test_dvc_repro_then_nothing_reruns(tmp_path):
+def test_repro_share_pull_sweep_and_verify(tmp_path):
+    """The issue's workflow: repro; push to a local remote; a fresh clone pulls; repro there
+    reruns nothing; a lambda sweep reruns only train onward; cache info passes, then fails
+    on a corrupted shard, naming it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     model = build_tiny_llama(tmp_path / "tiny")
@@ -57,30 +60,62 @@ def test_dvc_repro_then_nothing_reruns(tmp_path):
     assert "Running stage" not in again and "up to date" in again
 
     for variant in ("single", "vanilla", "micro", "sparse", "hyre"):
-        metrics = json.loads((repo / "data" / "metrics" / "categories" / f"{variant}.json").read_text())
+        metrics = json.loads((repo / "data" / "predictions" / "categories" / f"{variant}_metrics.json").read_text())
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["variant"] == variant
         assert (repo / "data" / "models" / "categories" / variant / "model.safetensors").exists()
     assert (repo / "data" / "plots" / "train" / "categories" / "sparse" / "train" / "div.tsv").exists()
     assert (repo / "data" / "interpret" / "categories" / "sparse" / "experts.md").exists()  # offline default
     assert "description_fidelity" in json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
-    steering = json.loads((repo / "data" / "metrics" / "attributes" / "steering.json").read_text())
+    steering = json.loads((repo / "data" / "steer" / "attributes" / "steering.json").read_text())
     assert set(steering["sparse"]["flip_rate_by_weight"]) == {"0.25", "0.5", "0.75", "1.0"}
     for experiment in ("attributes", "users"):
-        personalization = json.loads((repo / "data" / "metrics" / experiment / "personalization.json").read_text())
+        personalization = json.loads((repo / "data" / "personalize" / experiment / "personalization.json").read_text())
         assert set(personalization) == {"single", "vanilla", "micro", "sparse", "hyre", "settings"}
         assert (repo / "data" / "personalize" / experiment / "personalization.md").exists()
     report = (repo / "data" / "report" / "REPORT.md").read_text()
     assert "### Table 1:" in report and "### Table 13:" in report
-    shown = sh(["dvc", "metrics", "show", "--json"], repo)
-    assert "data/metrics/categories/sparse.json" in shown and "data/metrics/attributes/steering.json" in shown
 
+    # ---- share: push to a remote; a teammate's fresh clone pulls and reruns nothing upstream of train
+    remote = tmp_path / "remote"
+    sh(["dvc", "remote", "add", "-d", "store", str(remote)], repo)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
-    before = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
-    sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], repo)
-    ran = set(re.findall(r"Running stage '([^']+)'", sweep))
+    sh(["dvc", "push"], repo)
+    clone = tmp_path / "teammate"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    sh(["dvc", "pull"], clone)
+    for dataset in ("categories", "attributes", "users"):
+        assert sh(["smoe", "cache", "info", f"data/features/{dataset}"], clone).count("ok:") == 1
+    pulled = sh(["dvc", "repro"], clone)
+    assert "Running stage" not in pulled and "up to date" in pulled, pulled
+
+    # key metrics are dvc exp show columns (flat), the curves load in dvc plots show
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], clone))
+    files = next(iter(shown.values()))["data"]
+    sparse = files["data/metrics/categories/sparse.json"]["data"]
+    assert {"accuracy", "routing_entropy", "global_entropy", "expert_correlation"} <= set(sparse)
+    assert all(isinstance(v, (int, float)) for f in files.values() for row in f["data"].values()
+               for v in (row.values() if isinstance(row, dict) else [row]))  # nothing nested deeper than a model
+    assert "data/metrics/attributes/steering.json" in files
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
+    assert not plots.get("errors"), plots.get("errors")
+    assert {"Fig. 2 flip rate (attributes)", "Fig. 8 personalization by user"} <= set(plots["data"])
+
     # the sweep knob reaches training and what follows it, never the cache
+    before = json.loads((clone / "data" / "metrics" / "categories" / "sparse.json").read_text())
+    sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], clone)
+    ran = set(re.findall(r"Running stage '([^']+)'", sweep))
     downstream = {f"{stage}@{e}" for stage in ("train", "interpret", "evaluate") for e in ("categories", "attributes", "users")}
     assert ran == downstream | {"steer", "personalize@attributes", "personalize@users", "report"}, sweep
-    after = json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
+    after = json.loads((clone / "data" / "metrics" / "categories" / "sparse.json").read_text())
     assert after != before
+
+    # a corrupted pulled shard: cache info fails and names it. Written as a new file: the
+    # pulled one is a link into DVC's cache, which must stay intact.
+    shard = sorted((clone / "data" / "features" / "users" / "shards").glob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.unlink()
+    shard.write_bytes(bytes(data))
+    bad = subprocess.run(["smoe", "cache", "info", "data/features/users"], cwd=clone, capture_output=True, text=True)
+    assert bad.returncode == 1 and shard.name in bad.stderr, bad.stderr

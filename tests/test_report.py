@@ -261,7 +261,7 @@ def _write(path: Path, obj: dict) -> None:
 def data_dir(tmp_path) -> Path:
     data = tmp_path / "data"
     for v in ("single", "vanilla", "sparse"):  # micro and hyre not evaluated
-        _write(data / "metrics/categories" / f"{v}.json",
+        _write(data / "predictions/categories" / f"{v}_metrics.json",
                {"single": {"accuracy": 0.7052, "routing_entropy": 0.0, "expert_correlation": math.nan}}.get(v, SPARSE))
     _png(data / "plots/eval/categories/sparse_routing_by_category.png")
     _png(data / "plots/eval/categories/sparse_expert_correlation.png")
@@ -269,18 +269,17 @@ def data_dir(tmp_path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (data / "predictions/categories").mkdir(parents=True)
     pq.write_table(pa.table({"category": ["Academic"] * 4 + ["Cooking"] * 2, "correct": [True, True, True, False, True, False]}),
                    data / "predictions/categories/single.parquet")
     for v in ("single", "sparse"):
-        _write(data / "metrics/attributes" / f"{v}.json", {"accuracy": 0.8, "description_fidelity_random": 0.02,
+        _write(data / "predictions/attributes" / f"{v}_metrics.json", {"accuracy": 0.8, "description_fidelity_random": 0.02,
                                                            "expert_specialization": 0.1})
     _write(data / "interpret/attributes/sparse/experts.json",
            {"description_fidelity": 0.4, "description_fidelity_random": 0.02, "describer": "keywords",
             "experts": [{"id": 0, "description": "asks for jokes", "fidelity": 0.5, "specialization": 0.12}]})
-    _write(data / "metrics/attributes/steering.json", STEERING)
+    _write(data / "steer/attributes/steering.json", STEERING)
     _png(data / "plots/steer/attributes/undesired_flip_rate.png")  # flip_rate.png is missing
-    _write(data / "metrics/users/personalization.json", PERSONALIZATION)
+    _write(data / "personalize/users/personalization.json", PERSONALIZATION)
     _png(data / "plots/personalize/users/adaptation_size.png")
     return data
 
@@ -303,9 +302,9 @@ def test_build_report_writes_every_section_with_self_contained_figures(data_dir,
     # single's per-category accuracy from its predictions: Academic 3/4, sparse 70.50 -> -4.50
     assert "| Academic | 617 | 70.50 (-4.50) |" in text
     # absent optional inputs are named, not fatal
-    assert f"`{data_dir / 'metrics/categories/micro.json'}`" in text
+    assert f"`{data_dir / 'predictions/categories/micro_metrics.json'}`" in text
     assert f"`{data_dir / 'plots/steer/attributes/flip_rate.png'}`" in text
-    assert f"`{data_dir / 'metrics/attributes/personalization.json'}`" in text
+    assert f"`{data_dir / 'personalize/attributes/personalization.json'}`" in text
     assert "Table 8 is not included" in text and "smoe grid" in text and "### Table 8" not in text
 
 
@@ -318,7 +317,7 @@ def test_build_report_includes_table8_once_a_grid_exists(data_dir, tmp_path):
 
 
 def test_build_report_refuses_without_the_category_metrics(tmp_path):
-    with pytest.raises(R.ReportError, match="metrics/categories"):
+    with pytest.raises(R.ReportError, match="predictions/categories"):
         R.build_report(tmp_path / "data", tmp_path / "report")
     assert not (tmp_path / "report").exists()  # nothing half-written
     assert issubclass(R.ReportError, FileNotFoundError)  # the CLI reports it in one line
@@ -336,4 +335,4 @@ def test_stage_cli_writes_the_report(data_dir, tmp_path):
     result = CliRunner().invoke(app, ["--data", str(data_dir), "--out", str(tmp_path / "r"), "--users", "nope"])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "r/REPORT.md").read_text()
-    assert f"`{data_dir / 'metrics/nope/personalization.json'}`" in text
+    assert f"`{data_dir / 'personalize/nope/personalization.json'}`" in text

@@ -97,7 +97,7 @@ def test_steer_experiment_writes_metrics_and_figures(tmp_path):
                      config=TrainConfig(epochs=2, batch_size=32), scratch=tmp_path / "s", show_progress=False)
     results = steer_experiment(cache, tmp_path / "models", ["vanilla", "sparse"], out_path=tmp_path / "steering.json",
                                figures_dir=tmp_path / "fig", scratch=tmp_path / "s2", label="category", top_n=30,
-                               random_repeats=3)
+                               random_repeats=3, metrics_path=tmp_path / "m" / "steering.json")
     saved = json.loads((tmp_path / "steering.json").read_text())
     assert set(saved) == {"vanilla", "sparse", "random", "settings"}
     for model in ("vanilla", "sparse", "random"):
@@ -105,6 +105,13 @@ def test_steer_experiment_writes_metrics_and_figures(tmp_path):
         assert set(saved[model]["per_attribute"]) == {"cluster0", "cluster1", "cluster2"}
         assert 0.0 <= saved[model]["flip_rate"] <= 1.0
     assert "p_value" in saved["vanilla"]["t_test_vs_sparse"] and "t_test_vs_sparse" not in saved["sparse"]
+    key = json.loads((tmp_path / "m" / "steering.json").read_text())  # the DVC metrics file: flat key numbers
+    assert set(key) == {"vanilla", "sparse", "random"}
+    assert key["sparse"]["flip_rate"] == saved["sparse"]["flip_rate"]
+    assert key["vanilla"]["flip_rate_at_max_weight"] == saved["vanilla"]["flip_rate_by_weight"]["1.0"]
+    p = saved["vanilla"]["t_test_vs_sparse"]["p_value"]
+    assert key["vanilla"].get("p_value_vs_sparse") == (p if np.isfinite(p) else None)
+    assert all(isinstance(v, float) for row in key.values() for v in row.values())
     assert results["sparse"]["per_attribute"]["cluster0"]["target_expert"] in (0, 1, 2)
     csv = (tmp_path / "fig" / "flip_rate.csv").read_text().splitlines()
     assert csv[0] == "weight,vanilla,sparse,random" and len(csv) == 5

@@ -250,8 +250,15 @@ def test_evaluate_writes_category_metrics_figures_and_examples(clustered, tmp_pa
     results = evaluate_experiment(clustered, tmp_path / "models", ["single", "sparse"], metrics_dir=tmp_path / "m",
                                   predictions_dir=tmp_path / "p", scratch=tmp_path / "s2", figures_dir=tmp_path / "f",
                                   prompts=prompts)
-    sparse = json.loads((tmp_path / "m" / "sparse.json").read_text())
+    sparse = json.loads((tmp_path / "p" / "sparse_metrics.json").read_text())
     assert sparse == json.loads(json.dumps(results["sparse"]))
+    # the DVC metrics file: the key numbers only, flat, so `dvc exp show` gets a column each
+    key = json.loads((tmp_path / "m" / "sparse.json").read_text())
+    assert key == {k: sparse[k] for k in ("accuracy", "routing_entropy", "global_entropy", "expert_correlation",
+                                          "category_coverage", "expert_purity", "expert_specialization",
+                                          "expert_specialization_topm")}
+    single = json.loads((tmp_path / "m" / "single.json").read_text())
+    assert "accuracy" in single and "expert_correlation" not in single  # NaN for one expert: left out
     for key in ("category_coverage", "expert_purity", "expert_specialization", "expert_specialization_topm"):
         assert np.isfinite(sparse[key]), key
     assert len(sparse["experts"]["category"]) == 4 and set(sparse["per_category"]) == {f"cluster{i}" for i in range(4)}
