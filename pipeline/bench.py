@@ -1,19 +1,30 @@
-"""Featurize throughput: the real implementation against a naive ArmoRM-style loop.
+"""Benchmarks, each against its naive counterpart, measured in the same run.
 
-The naive loop is what ArmoRM's extraction does: for every pair, format chosen and
-rejected separately and run each through the model at batch size 1 with no padding,
-taking the last-token state and the prompt-boundary state from that pass. It uses the
-same loaded backbone and the same tokenization as the real path; what differs is
-exactly what `featurize` adds: each unique sequence once, prompts shared across
-responses, length-sorted token-budget batches, overlapped writing.
+This module holds what every benchmark shares, and the featurize benchmark itself:
 
-Each mode runs in its own subprocess on the same prepared pairs so that peak RSS is
-that mode's own.
+- :func:`run_isolated` runs one benchmark mode in a fresh Python process, so that the
+  peak RSS reported for a mode is that mode's own (and a mode cannot warm caches for the
+  next one);
+- :func:`subset_pairs` cuts the first ``limit`` pairs of a prepared dataset, so that both
+  modes of a benchmark see exactly the same pairs;
+- :func:`peak_rss_mb` and :func:`machine_label`.
+
+Featurize throughput (:func:`compare`): the real implementation against a naive
+ArmoRM-style loop. The naive loop is what ArmoRM's extraction does: for every pair,
+format chosen and rejected separately and run each through the model at batch size 1
+with no padding, taking the last-token state and the prompt-boundary state from that
+pass. It uses the same loaded backbone and the same tokenization as the real path; what
+differs is exactly what `featurize` adds: each unique sequence once, prompts shared
+across responses, length-sorted token-budget batches, overlapped writing.
+
+The training and sweep benchmarks are in ``pipeline/bench_train.py``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import platform
 import resource
 import subprocess
 import sys
@@ -22,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -42,16 +54,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _subset(prepared: Path, limit: int, workdir: Path) -> Path:
+def machine_label(device: str = "auto") -> str:
+    """What the numbers were measured on, for the printed header and the JSON."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def subset_pairs(prepared: str | Path, limit: int, workdir: str | Path, *, split: str | None = None) -> Path:
+    """The first ``limit`` pairs of a prepared dataset (a folder or its pairs.parquet),
+    written to ``workdir/pairs.parquet``. ``split`` relabels every pair, e.g. "train" so
+    that a training benchmark trains on all of them whatever their original split."""
+    prepared = Path(prepared)
     table = pq.read_table(prepared / "pairs.parquet" if prepared.is_dir() else prepared)
     table = table.slice(0, min(limit, table.num_rows))
-    out = workdir / "pairs.parquet"
+    if split is not None:
+        column = table.schema.get_field_index("split")
+        table = table.set_column(column, "split", pa.array([split] * table.num_rows, table.schema.field(column).type))
+    out = Path(workdir) / "pairs.parquet"
     pq.write_table(table, out)
     return out
 
 
+def run_isolated(target: str, **kwargs: Any) -> dict[str, Any]:
+    """Call ``target`` ("module:function", returning a JSON-able dict) with JSON-able
+    ``kwargs`` in a fresh Python process; return its dict plus that process's
+    ``peak_rss_mb``. The child prints its result as the last line of stdout (libraries
+    may print before it)."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", target, json.dumps(kwargs)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark {target} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- featurize
+
+
 @torch.inference_mode()
-def naive(pairs_path: Path, backbone_config: BackboneConfig) -> dict[str, Any]:
+def _featurize_naive(pairs_path: Path, backbone_config: BackboneConfig) -> dict[str, Any]:
     backbone = load(backbone_config)
     rows = pq.read_table(pairs_path).to_pylist()
     start = time.perf_counter()
@@ -68,7 +109,7 @@ def naive(pairs_path: Path, backbone_config: BackboneConfig) -> dict[str, Any]:
             "pairs": len(rows)}
 
 
-def real(pairs_path: Path, backbone_config: BackboneConfig, config: FeaturizeConfig) -> dict[str, Any]:
+def _featurize_real(pairs_path: Path, backbone_config: BackboneConfig, config: FeaturizeConfig) -> dict[str, Any]:
     backbone = load(backbone_config)
     computed = {"tokens": 0}
     original = backbone.embed_rows
@@ -86,9 +127,13 @@ def real(pairs_path: Path, backbone_config: BackboneConfig, config: FeaturizeCon
             "pairs": manifest["num_pairs"]}
 
 
-def run_mode(mode: str, pairs_path: Path, backbone_config: BackboneConfig, config: FeaturizeConfig) -> dict[str, Any]:
-    stats = naive(pairs_path, backbone_config) if mode == "naive" else real(pairs_path, backbone_config, config)
-    stats["peak_rss_mb"] = peak_rss_mb()
+def featurize_mode(mode: str, pairs: str, backbone_config: dict[str, Any],
+                   featurize_config: dict[str, Any]) -> dict[str, Any]:
+    """One mode of the featurize benchmark (run_isolated's entry: plain-data arguments)."""
+    if mode == "naive":
+        stats = _featurize_naive(Path(pairs), BackboneConfig(**backbone_config))
+    else:
+        stats = _featurize_real(Path(pairs), BackboneConfig(**backbone_config), FeaturizeConfig(**featurize_config))
     stats["mode"] = mode
     stats["pairs_per_s"] = stats["pairs"] / stats["seconds"]
     stats["sequences_per_s"] = stats["sequences"] / stats["seconds"]
@@ -96,24 +141,22 @@ def run_mode(mode: str, pairs_path: Path, backbone_config: BackboneConfig, confi
     return stats
 
 
-def compare(prepared: Path, limit: int, backbone_config: BackboneConfig, config: FeaturizeConfig) -> dict[str, Any]:
-    """Run both modes, each in a fresh subprocess, on the same first ``limit`` pairs."""
+def compare(prepared: str | Path, limit: int, backbone_config: BackboneConfig,
+            config: FeaturizeConfig) -> dict[str, Any]:
+    """Featurize the same first ``limit`` pairs naively and for real, each in a fresh
+    process. Returns ``{"naive": stats, "real": stats, "speedup_wall": naive / real}``."""
     with tempfile.TemporaryDirectory() as tmp:
-        pairs_path = _subset(Path(prepared), limit, Path(tmp))
-        results = {}
-        for mode in ("naive", "real"):
-            payload = json.dumps({"mode": mode, "pairs": str(pairs_path), "backbone": backbone_config.__dict__,
-                                  "featurize": config.__dict__})
-            proc = subprocess.run([sys.executable, "-m", "pipeline.bench", payload], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"bench mode {mode} failed:\n{proc.stderr[-3000:]}")
-            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        pairs_path = subset_pairs(prepared, limit, tmp)
+        results: dict[str, Any] = {
+            mode: run_isolated("pipeline.bench:featurize_mode", mode=mode, pairs=str(pairs_path),
+                               backbone_config=vars(backbone_config), featurize_config=vars(config))
+            for mode in ("naive", "real")}
     results["speedup_wall"] = results["naive"]["seconds"] / results["real"]["seconds"]
     return results
 
 
-if __name__ == "__main__":  # subprocess entry: one mode, JSON on the last stdout line
-    args = json.loads(sys.argv[1])
-    result = run_mode(args["mode"], Path(args["pairs"]), BackboneConfig(**args["backbone"]),
-                      FeaturizeConfig(**args["featurize"]))
+if __name__ == "__main__":  # run_isolated's child: python -m pipeline.bench module:function '{"kwarg": ...}'
+    module, function = sys.argv[1].split(":")
+    result = getattr(importlib.import_module(module), function)(**json.loads(sys.argv[2]))
+    result["peak_rss_mb"] = peak_rss_mb()  # after the work: the mode's own peak
     print(json.dumps(result))

@@ -1,17 +1,22 @@
-"""`smoe bench featurize` (real vs naive, same data, one run) and `smoe bench train`."""
+"""`smoe bench featurize | train | sweep`: each against its naive counterpart on the same
+pairs, in one run; `smoe bench scale`: the synthetic paper-scale memory check."""
 
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
+from typing import Any
 
-import torch
 import typer
 
-from pipeline.bench import compare
+from pipeline.bench import machine_label
 from pipeline.train import TrainConfig
 from stages import params as P
+
+
+def _write_json(path: Path | None, device: str, res: dict[str, Any]) -> None:
+    if path:
+        path.write_text(json.dumps({"device": device, **res}, indent=2) + "\n")
 
 
 def featurize_cmd(
@@ -22,12 +27,17 @@ def featurize_cmd(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
-    """Measure featurize throughput (pairs/s, sequences/s, forward tokens/s, peak RSS) for
-    the real implementation and an ArmoRM-style batch-size-1 loop; print the ratio."""
+    """Featurize throughput: the real featurize against a batch-1 loop, same pairs.
+
+    The naive loop is ArmoRM's extraction: batch size 1, chosen and rejected run
+    separately per pair. Each mode runs in its own process. Prints pairs/s, sequences/s,
+    forward tokens/s, peak RSS and the wall ratio."""
+    from pipeline.bench import compare
+
     params = P.load(params_file)
     res = compare(prepared or Path("data/prepared") / dataset, limit,
                   P.backbone_config(params, backbone_dir), P.featurize_config(params))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    device = machine_label()
     typer.echo(f"featurize benchmark on {device}, {res['real']['pairs']} pairs of {dataset}")
     typer.echo(f"{'mode':<8}{'wall s':>9}{'pairs/s':>10}{'seq/s':>9}{'fwd tok/s':>11}{'fwd tokens':>12}{'peak RSS MB':>13}")
     for mode in ("naive", "real"):
@@ -35,11 +45,104 @@ def featurize_cmd(
         typer.echo(f"{mode:<8}{r['seconds']:>9.1f}{r['pairs_per_s']:>10.2f}{r['sequences_per_s']:>9.2f}"
                    f"{r['forward_tokens_per_s']:>11.0f}{r['forward_tokens']:>12}{r['peak_rss_mb']:>13.0f}")
     typer.echo(f"speedup (naive wall / real wall, same pairs): {res['speedup_wall']:.2f}x")
-    if json_out:
-        json_out.write_text(json.dumps({"device": device, **res}, indent=2) + "\n")
+    _write_json(json_out, device, res)
+
+
+def _compare_training(experiment: str, limit: int, epochs: int, backbone_dir: str, prepared: Path | None,
+                      params_file: Path, lambda_div: list[float] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Shared by `train` (lambda_div None: the experiment's own lambdas) and `sweep`."""
+    from pipeline.bench_train import compare
+
+    params = P.load(params_file)
+    spec = P.experiment(params, experiment)
+    lambdas = P.lambdas(params, experiment)
+    points = [lambdas] if lambda_div is None else [{**lambdas, "lambda_div": float(v)} for v in lambda_div]
+    res = compare(prepared or Path("data/prepared") / spec["dataset"], limit, P.backbone_config(params, backbone_dir),
+                  P.featurize_config(params), P.build(TrainConfig, vars(P.train_config(params)), epochs=epochs),
+                  num_experts=int(spec["num_experts"]), points=points)
+    return res, {"experiment": experiment, "dataset": spec["dataset"], "num_experts": int(spec["num_experts"]),
+                 "points": points}
+
+
+def _print_comparison(res: dict[str, Any]) -> None:
+    typer.echo(f"{'mode':<8}{'featurize s':>12}{'build s':>9}{'train s':>9}{'wall s':>9}{'s/epoch':>9}"
+               f"{'pairs/s':>9}{'peak RSS MB':>13}")
+    naive, cached = res["naive"], res["cached"]
+    typer.echo(f"{'naive':<8}{'-':>12}{'-':>9}{naive['train_s']:>9.1f}{naive['seconds']:>9.1f}{naive['epoch_s']:>9.2f}"
+               f"{naive['pairs_per_s']:>9.2f}{naive['peak_rss_mb']:>13.0f}")
+    typer.echo(f"{'cached':<8}{cached['featurize_s']:>12.1f}{cached['build_s']:>9.2f}{cached['train_s']:>9.1f}"
+               f"{cached['seconds']:>9.1f}{cached['epoch_s']:>9.2f}{cached['pairs_per_s']:>9.2f}"
+               f"{cached['peak_rss_mb']:>13.0f}")
+    typer.echo(f"(naive wall includes {naive['tokenize_s']:.2f} s tokenizing the pairs once; pairs/s counts "
+               f"pairs x epochs x points over the wall)")
+    typer.echo(f"speedup (naive wall / cached wall, same pairs, head and epochs): {res['speedup_wall']:.2f}x")
+    once = cached["featurize_s"] + cached["build_s"]
+    typer.echo(f"each further epoch: naive {naive['epoch_s']:.2f} s, cached {cached['epoch_s']:.2f} s; the cache's "
+               f"one-off {once:.1f} s is paid back after "
+               + (f"{res['break_even_epochs']:.2f} epoch(s)" if res["break_even_epochs"] is not None else "never"))
 
 
 def train_cmd(
+    experiment: str = typer.Argument("categories", help="Experiment in params.yaml (its dataset, K and lambdas)."),
+    limit: int = typer.Option(100, help="Use the first LIMIT pairs of the dataset (both modes train on the same pairs)."),
+    epochs: int = typer.Option(2, help="Training epochs (both modes)."),
+    backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
+    prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<experiment's dataset>."),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (backbone, featurize, train)."),
+    json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    """Training from the cache against training with the backbone in the loop, same pairs.
+
+    Naive is MiCRo's public code: every training step runs the frozen backbone over the
+    batch's chosen and rejected sequences, then the head. Both modes train the same
+    sparse head (the experiment's K and lambdas, params.yaml's train block) on the same
+    pairs for the same epochs, each in its own process. The cached wall includes building
+    the cache: the real featurize of the same pairs and the pair-store build. Prints
+    featurize, build and train seconds, wall, seconds per further epoch, pairs/s and peak
+    RSS per mode, the wall ratio naive / cached, and after how many epochs the cache has
+    paid for itself."""
+    res, setup = _compare_training(experiment, limit, epochs, backbone_dir, prepared, params_file, None)
+    device = machine_label()
+    lambdas = ", ".join(f"{k} {v:g}" for k, v in setup["points"][0].items())
+    typer.echo(f"train benchmark on {device}: sparse MoE K={setup['num_experts']} ({lambdas}), "
+               f"{res['cached']['pairs']} pairs of {setup['dataset']}, {epochs} epoch(s)")
+    _print_comparison(res)
+    _write_json(json_out, device, {**setup, **res})
+
+
+def sweep_cmd(
+    experiment: str = typer.Argument("categories", help="Experiment in params.yaml (its dataset, K and lambdas)."),
+    lambda_div: list[float] = typer.Option([0.0, 1.0, 2.0], "--lambda-div",
+                                           help="Sweep points (repeat the option); other lambdas from params."),
+    limit: int = typer.Option(100, help="Use the first LIMIT pairs of the dataset (both modes train on the same pairs)."),
+    epochs: int = typer.Option(1, help="Training epochs per point (both modes; 1 keeps the naive side to minutes)."),
+    backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
+    prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<experiment's dataset>."),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (backbone, featurize, train)."),
+    json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    """A lambda_div sweep (P points) from the cache against P backbone-in-the-loop trainings.
+
+    Cached: featurize the pairs once, build the pair store once, train the sparse head
+    for every point from the cache. Naive: every point is a separate training with the
+    frozen backbone in the loop (as in `smoe bench train`; there is no cache to reuse).
+    Each mode in its own process; prints both walls, per-point train times and the
+    ratio."""
+    res, setup = _compare_training(experiment, limit, epochs, backbone_dir, prepared, params_file, lambda_div)
+    device = machine_label()
+    fixed = ", ".join(f"{k} {v:g}" for k, v in setup["points"][0].items() if k != "lambda_div")
+    typer.echo(f"sweep benchmark on {device}: sparse MoE K={setup['num_experts']}, lambda_div in "
+               f"{{{', '.join(f'{v:g}' for v in lambda_div)}}} ({fixed}), {res['cached']['pairs']} pairs of "
+               f"{setup['dataset']}, {epochs} epoch(s) per point")
+    typer.echo("naive: each point trains with the backbone in the loop; cached: featurize once, train each point "
+               "from the cache")
+    _print_comparison(res)
+    for mode in ("naive", "cached"):
+        typer.echo(f"{mode} train s per point: " + ", ".join(f"{s:.1f}" for s in res[mode]["point_s"]))
+    _write_json(json_out, device, {**setup, **res})
+
+
+def scale_cmd(
     pairs: int = typer.Option(36_000, help="Pairs in the synthetic cache (paper's SHP train set: 36K)."),
     hidden: int = typer.Option(3072, help="State size (GRM-Llama3.2-3B: 3072)."),
     experts: int = typer.Option(20, help="K (the paper's preference-700K setting: 20)."),
@@ -49,17 +152,19 @@ def train_cmd(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (train block)."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
-    """Time sparse-MoE training from a synthetic cache of paper scale: pairs/s and peak RSS
-    of the training process (the cache is streamed, never loaded)."""
+    """Memory check at paper scale: training from a synthetic 36K- or 200K-pair cache.
+
+    Sparse MoE, hidden 3072, K = 20 by default. Prints the pair-store build time,
+    training pairs/s and the training process's peak RSS (the cache is streamed, never
+    loaded). No naive counterpart: at this scale it would need the 3B backbone."""
     from pipeline.bench_train import bench
 
     base = vars(P.train_config(P.load(params_file))) if params_file.exists() else {}
     config = P.build(TrainConfig, base, epochs=epochs, device=device)
     res = bench(workdir, num_pairs=pairs, hidden_size=hidden, num_experts=experts, config=config)
-    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = machine_label(device)
     typer.echo(f"training benchmark on {where}: sparse MoE, K={experts}, hidden {hidden}, "
                f"{res['train_pairs']} train pairs of a {pairs}-pair cache ({res['cache_gb']:.2f} GB)")
     typer.echo(f"build pair store {res['build_s']:.1f} s | train {res['train_s']:.1f} s for {epochs} epoch(s) "
                f"= {res['pairs_per_s']:.0f} pairs/s | peak RSS {res['peak_rss_mb']:.0f} MB")
-    if json_out:
-        json_out.write_text(json.dumps({"device": where, **res}, indent=2) + "\n")
+    _write_json(json_out, where, res)

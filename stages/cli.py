@@ -43,6 +43,8 @@ app.add_typer(cache_app, name="cache")
 bench_app = typer.Typer(help="Benchmarks, each against its naive counterpart in the same run.", no_args_is_help=True)
 bench_app.command("featurize")(bench.featurize_cmd)
 bench_app.command("train")(bench.train_cmd)
+bench_app.command("sweep")(bench.sweep_cmd)
+bench_app.command("scale")(bench.scale_cmd)
 app.add_typer(bench_app, name="bench")
 
 # Errors a user can fix (bad input, a cache from another backbone, a missing file) are
