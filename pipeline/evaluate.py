@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import figures, metrics
-from pipeline.cache import FeatureCache
+from pipeline.cache import FeatureCache, write_json
 from pipeline.models import RewardHead, check_compatible
 from pipeline.pair_states import PairStates
 from pipeline.train import predict
@@ -154,8 +154,8 @@ def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: l
             merge_fidelity(result, Path(interpret_dir) / name / "experts.json")
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-        (Path(metrics_dir) / f"{name}.json").write_text(json.dumps(metrics.headline(result), indent=2, sort_keys=True) + "\n")
-        (Path(predictions_dir) / f"{name}_metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_json(Path(metrics_dir) / f"{name}.json", metrics.headline(result))
+        write_json(Path(predictions_dir) / f"{name}_metrics.json", result)
         pq.write_table(predictions_table(states, weights, margins), Path(predictions_dir) / f"{name}.parquet")
         results[name] = result
     return results

@@ -29,7 +29,7 @@ import torch
 
 from pipeline import figures, metrics
 from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
-from pipeline.cache import FeatureCache
+from pipeline.cache import FeatureCache, write_json
 from pipeline.models import RewardHead, check_compatible
 from pipeline.pair_states import PairStates
 
@@ -172,7 +172,7 @@ def personalize_experiment(cache: FeatureCache, models_dir: str | Path, variants
     out_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     if metrics_path is not None:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(headline(results), indent=2, sort_keys=True) + "\n")
+        write_json(Path(metrics_path), headline(results))
     if tables_path is not None:
         Path(tables_path).parent.mkdir(parents=True, exist_ok=True)
         Path(tables_path).write_text(markdown_tables(results, group_by))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import figures, metrics
-from pipeline.cache import FeatureCache
+from pipeline.cache import FeatureCache, write_json
 from pipeline.models import RewardHead, check_compatible
 from pipeline.pair_states import PairStates
 from pipeline.train import predict
@@ -167,7 +167,7 @@ def steer_experiment(cache: FeatureCache, models_dir: str | Path, variants: list
     out_path.write_text(json.dumps(results, indent=2, sort_keys=True, allow_nan=True) + "\n")
     if metrics_path is not None:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(headline(results), indent=2, sort_keys=True) + "\n")
+        write_json(Path(metrics_path), headline(results))
     if figures_dir is not None:
         write_steering_figures(results, steer_weights, figures_dir)
     return results
