@@ -23,8 +23,11 @@ Which entries of `dvc exp show --json` become points:
 from __future__ import annotations
 
 import csv
+import json
 import math
 import posixpath
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +119,17 @@ def router_health(global_entropy: float, routing_entropy: float, *,
 # ---------------------------------------------------------------------------------------
 # reading `dvc exp show --json`
 
-def _entries(exp_show_json: list | dict) -> list[tuple[dict, bool, dict | None]]:
+def dvc_exp_show() -> list | dict:
+    """`dvc exp show --json` in the current directory, with the dvc of this environment."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GridError(f"`dvc exp show --json` failed (exit {proc.returncode}): "
+                        f"{(proc.stderr or proc.stdout).strip() or 'no output'}")
+    # DVC prints NaN for NaN metrics (e.g. expert_correlation of a 1-expert head): json accepts it
+    return json.loads(proc.stdout)
+
+
+def exp_entries(exp_show_json: list | dict) -> list[tuple[dict, bool, dict | None]]:
     """Flatten to (rev entry, is_baseline, executor) for every commit and experiment.
     DVC 3.x prints a list of baseline entries, each with `experiments: [{name, executor,
     revs: [entry]}]`; DVC 2.x printed {baseline rev: {"baseline": ..., exp rev: ...}}."""
@@ -148,7 +161,7 @@ def _entries(exp_show_json: list | dict) -> list[tuple[dict, bool, dict | None]]
     raise GridError(f"expected the list (or dict) that `dvc exp show --json` prints, got {type(exp_show_json).__name__}")
 
 
-def _file_data(files: dict | None, path: str) -> dict | None:
+def file_data(files: dict | None, path: str) -> dict | None:
     """The parsed contents of one params/metrics file of an entry, None if absent or unreadable."""
     for name, node in (files or {}).items():
         if posixpath.normpath(name.replace("\\", "/")) == path:
@@ -164,16 +177,16 @@ def load_points(exp_show_json: list | dict, metrics_file: str = "data/metrics/ca
     metrics_file = posixpath.normpath(metrics_file.replace("\\", "/"))
     params_file = posixpath.normpath(params_file.replace("\\", "/"))
     points: list[GridPoint] = []
-    for entry, baseline, executor in _entries(exp_show_json):
+    for entry, baseline, executor in exp_entries(exp_show_json):
         data = entry.get("data") or {}
-        params = _file_data(data.get("params"), params_file) or {}
+        params = file_data(data.get("params"), params_file) or {}
         if not all(isinstance(params.get(k), (int, float)) for k in LAMBDAS):
             continue
         rev = str(entry.get("rev") or "")
         point = GridPoint(name=entry.get("name") or rev[:7], rev=rev, baseline=baseline,
                           lambdas={k: float(params[k]) for k in LAMBDAS}, timestamp=data.get("timestamp") or "")
         state = (executor or {}).get("state")
-        metrics = _file_data(data.get("metrics"), metrics_file)
+        metrics = file_data(data.get("metrics"), metrics_file)
         if entry.get("error") or state == "failed":
             point.status = "failed"
         elif state in ("queued", "running"):

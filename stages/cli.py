@@ -18,7 +18,7 @@ from pipeline.personalize import PersonalizeError
 from pipeline.share import PullError
 
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
-                    pull, report, score, steer, train)
+                    pull, report, score, seeds, steer, train)
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -32,6 +32,7 @@ app.command("steer")(steer.main)
 app.command("personalize")(personalize.main)
 app.command("report")(report.main)
 app.command("grid")(grid.main)
+app.command("seeds")(seeds.main)
 app.command("score")(score.main)
 app.command("adapt")(adapt.main)
 app.command("pull")(pull.main)

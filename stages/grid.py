@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import typer
 
-from pipeline.grid import METRICS, GridError, grid_heatmap, grid_table, load_points, write_grid_csv
+from pipeline.grid import METRICS, GridError, dvc_exp_show, grid_heatmap, grid_table, load_points, write_grid_csv
 
 HEATMAP_METRICS = ("accuracy", "expert_purity", "expert_specialization", "routing_entropy")
-
-
-def _dvc_exp_show() -> list | dict:
-    """`dvc exp show --json` in the current directory, with the dvc of this environment."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise GridError(f"`dvc exp show --json` failed (exit {proc.returncode}): "
-                        f"{(proc.stderr or proc.stdout).strip() or 'no output'}")
-    # DVC prints NaN for NaN metrics (e.g. expert_correlation of a 1-expert head): json accepts it
-    return json.loads(proc.stdout)
 
 
 def main(
@@ -42,7 +29,7 @@ def main(
     queued/running/failed points are listed without metrics. Writes OUT/grid.md,
     OUT/grid.csv and OUT/heatmap_<metric>.png, and prints the table."""
     try:
-        raw = json.loads(from_json.read_text()) if from_json is not None else _dvc_exp_show()
+        raw = json.loads(from_json.read_text()) if from_json is not None else dvc_exp_show()
         points = load_points(raw, metrics, params_file=params_file)
         if not points:
             raise GridError(f"no grid points: no commit or experiment has {', '.join(('lambda_ls', 'lambda_gb', 'lambda_div'))} "

@@ -1,0 +1,172 @@
+"""Seed robustness of one configuration, read from `dvc exp show --json`.
+
+Which category an expert ends up with, and so coverage and purity (Eq. 8-10), can hinge
+on the training seed. A claim such as "sparse covers every category, the baselines do
+not" is worth making only if it holds across seeds, so run the configuration under
+several:
+
+    dvc exp run --queue -S 'train.seed=0,1,2,3,4' evaluate@categories && dvc queue start -j 2
+
+and summarize with `smoe seeds categories`: per variant, the mean and standard deviation
+of each key metric over the seeds, and per seed the values side by side with, for each
+other variant, the number of seeds in which the reference variant (sparse) is higher.
+
+Which entries of `dvc exp show --json` count as seed runs:
+- the reference configuration is the first baseline commit's params (HEAD, the commit
+  the queued experiments start from);
+- a commit or experiment counts when its params equal the reference's in every key but
+  the seed key (so a lambda grid next to the seeds is skipped, not mixed in), and it has
+  finished with the experiment's metrics files; the workspace entry is skipped;
+- per seed value, the newest such entry is kept (a re-run replaces the earlier one).
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.grid import GridError, exp_entries, file_data
+from pipeline.metrics import KEY_METRICS
+
+# the metrics the per-seed tables show by default: the ones category discovery hinges on
+DEFAULT_PER_SEED = ("category_coverage", "expert_purity", "accuracy")
+
+
+@dataclass
+class SeedRun:
+    """One finished run: its seed and, per variant, the flat metrics of data/metrics/<experiment>/<variant>.json."""
+
+    name: str
+    seed: Any
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    timestamp: str = ""
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 0}} -> {"train.seed": 0}, the dotted keys `dvc exp run -S` takes."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _variant_metrics(metric_files: dict | None, experiment: str) -> dict[str, dict[str, float]]:
+    pattern = re.compile(rf"data/metrics/{re.escape(experiment)}/([^/]+)\.json")
+    out = {}
+    for path in metric_files or {}:
+        match = pattern.fullmatch(posixpath.normpath(path.replace("\\", "/")))
+        data = file_data(metric_files, match.group(0)) if match else None
+        if data is not None:
+            out[match.group(1)] = {k: float(v) for k, v in data.items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
+
+
+def load_seed_runs(exp_show_json: list | dict, experiment: str, *, seed_key: str = "train.seed",
+                   params_file: str = "params.yaml") -> tuple[list[SeedRun], int]:
+    """The seed runs of the reference configuration (see the module docstring), sorted by
+    seed, and how many finished entries were skipped for differing in other params."""
+    entries = exp_entries(exp_show_json)
+    baselines = [e for e, is_baseline, _ in entries if is_baseline]
+    if not baselines:
+        raise GridError("`dvc exp show --json` lists no commit")
+    reference = flatten(file_data((baselines[0].get("data") or {}).get("params"), params_file) or {})
+    if seed_key not in reference:
+        raise GridError(f"{params_file} of {baselines[0].get('rev', 'HEAD')[:7]} has no {seed_key}")
+    reference.pop(seed_key)
+    newest: dict[str, SeedRun] = {}
+    skipped = 0
+    for entry, _, executor in entries:
+        data = entry.get("data") or {}
+        if entry.get("error") or (executor or {}).get("state") in ("queued", "running", "failed"):
+            continue
+        metrics = _variant_metrics(data.get("metrics"), experiment)
+        params = flatten(file_data(data.get("params"), params_file) or {})
+        if not metrics or seed_key not in params:
+            continue
+        seed = params.pop(seed_key)
+        if params != reference:
+            skipped += 1
+            continue
+        run = SeedRun(name=entry.get("name") or str(entry.get("rev", ""))[:7], seed=seed, metrics=metrics,
+                      timestamp=data.get("timestamp") or "")
+        if repr(seed) not in newest or run.timestamp > newest[repr(seed)].timestamp:
+            newest[repr(seed)] = run
+    return sorted(newest.values(), key=lambda r: (str(type(r.seed)), r.seed)), skipped
+
+
+def _finite(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def variants_of(runs: list[SeedRun], reference: str) -> list[str]:
+    """All variants seen, the reference first."""
+    names = sorted({v for r in runs for v in r.metrics})
+    return sorted(names, key=lambda v: v != reference)
+
+
+def summary_table(runs: list[SeedRun], variants: list[str], metrics: tuple[str, ...] = KEY_METRICS) -> str:
+    """Markdown: one row per variant, per metric "mean ± std" over the seeds (sample std,
+    n - 1; "n/a" where no seed has the metric)."""
+    metrics = tuple(m for m in metrics if any(m in r.metrics.get(v, {}) for r in runs for v in variants))
+    lines = ["| variant | " + " | ".join(metrics) + " |", "|:---|" + "---:|" * len(metrics)]
+    for variant in variants:
+        cells = []
+        for metric in metrics:
+            values = _finite([r.metrics.get(variant, {}).get(metric) for r in runs])
+            if not values:
+                cells.append("n/a")
+            else:
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                cells.append(f"{np.mean(values):.3f} ± {std:.3f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def wins(runs: list[SeedRun], reference: str, other: str, metric: str) -> tuple[int, int]:
+    """(seeds where ``reference`` > ``other`` on ``metric``, seeds where both have it)."""
+    both = [(r.metrics[reference][metric], r.metrics[other][metric]) for r in runs
+            if math.isfinite(r.metrics.get(reference, {}).get(metric, math.nan))
+            and math.isfinite(r.metrics.get(other, {}).get(metric, math.nan))]
+    return sum(a > b for a, b in both), len(both)
+
+
+def per_seed_table(runs: list[SeedRun], variants: list[str], metric: str) -> str:
+    """Markdown: one row per seed with ``metric`` of every variant, and a last row with, for
+    each other variant, how many seeds the first variant (the reference) is strictly higher in."""
+    reference = variants[0]
+    variants = [v for v in variants if v == reference or any(metric in r.metrics.get(v, {}) for r in runs)]
+    lines = ["| seed | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
+    for run in runs:
+        lines.append(f"| {run.seed} | " + " | ".join(_fmt(run.metrics.get(v, {}).get(metric)) for v in variants) + " |")
+    counts = ["—"] + [("{}/{}".format(*wins(runs, reference, v, metric))) for v in variants[1:]]
+    lines.append(f"| {reference} higher | " + " | ".join(counts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_report(runs: list[SeedRun], experiment: str, *, reference: str = "sparse", seed_key: str = "train.seed",
+                 per_seed: tuple[str, ...] = DEFAULT_PER_SEED) -> str:
+    """The whole markdown summary: the mean ± std table, then one per-seed table per metric."""
+    variants = variants_of(runs, reference)
+    if reference not in variants:
+        raise GridError(f"no seed run has data/metrics/{experiment}/{reference}.json (variants: {', '.join(variants)})")
+    seeds = ", ".join(str(r.seed) for r in runs)
+    parts = [f"# {experiment}: {len(runs)} seeds ({seed_key} = {seeds})\n",
+             "## Mean ± std over the seeds\n", summary_table(runs, variants)]
+    for metric in per_seed:
+        if any(metric in r.metrics.get(reference, {}) for r in runs):
+            parts += [f"## {metric} per seed\n", per_seed_table(runs, variants, metric)]
+    return "\n".join(parts)
