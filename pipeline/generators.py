@@ -496,38 +496,77 @@ CATEGORY_CONTEXTS: dict[str, list[str]] = {
 }
 
 # The competing response qualities. Like SHP, most of the preference signal is shared:
-# every asker ranks the styles by GLOBAL_STYLE_RANKING, except that an asker who follows
-# their category's norm moves the category's favourite style to the top.
+# an asker who does not follow their category's norm ranks the styles by
+# GLOBAL_STYLE_RANKING; one who does ranks them by CATEGORY_NORMS[category].
 CATEGORY_STYLES = ("evidence", "caution", "steps", "playful")
 GLOBAL_STYLE_RANKING = ("steps", "evidence", "caution", "playful")
-PREFERRED_STYLE = {"Academic": "evidence", "Professional": "caution", "Cooking": "steps", "Fiction": "playful"}
+# Each norm puts the category's favourite style first and disagrees with the global
+# ranking on exactly 3 of the 6 style pairs, each category on a different 3. Why explicit
+# and equidistant: "move the favourite to the top" leaves the category whose favourite
+# already leads the global ranking (Cooking, "steps") with no deviation at all, so no
+# preference signal separates it, and the distance to the global ranking (0-3 pairs)
+# would decide which categories a router can discover rather than the categories
+# themselves.
+CATEGORY_NORMS = {
+    "Academic": ("evidence", "caution", "playful", "steps"),
+    "Professional": ("caution", "evidence", "steps", "playful"),
+    "Cooking": ("steps", "playful", "caution", "evidence"),
+    "Fiction": ("playful", "steps", "evidence", "caution"),
+}
+PREFERRED_STYLE = {category: norm[0] for category, norm in CATEGORY_NORMS.items()}
+# SHP's test-set composition (paper App. A, Table 7). The embedded data keeps its
+# imbalance: with K = 5 experts and a balanced-load term (Eq. 5), the big category has to
+# share experts (two Academic experts in the paper's Table 2) while the small ones keep one.
+SHP_CATEGORY_COUNTS = {"Academic": 617, "Professional": 384, "Cooking": 256, "Fiction": 240}
 
 
 def category_ranking(category: str | None) -> tuple[str, ...]:
-    """Styles best-first: the global ranking, with ``category``'s favourite moved to the top
-    (``None``: an asker who does not follow their category's norm)."""
-    if category is None:
-        return GLOBAL_STYLE_RANKING
-    favourite = PREFERRED_STYLE[category]
-    return (favourite, *[s for s in GLOBAL_STYLE_RANKING if s != favourite])
+    """Styles best-first: ``category``'s norm, or the global ranking for ``None`` (an
+    asker who does not follow their category's norm)."""
+    return GLOBAL_STYLE_RANKING if category is None else CATEGORY_NORMS[category]
+
+
+def apportion(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split ``n`` items across keys in proportion to ``weights`` (largest remainder, ties
+    broken by key order), so that the counts sum to ``n`` exactly."""
+    total = sum(weights.values())
+    quotas = {k: n * w / total for k, w in weights.items()}
+    counts = {k: int(q) for k, q in quotas.items()}
+    by_remainder = sorted(weights, key=lambda k: -(quotas[k] - counts[k]))
+    for k in by_remainder[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _check_category_weights(weights: dict[str, float]) -> None:
+    if set(weights) != set(DOMAINS):
+        raise ValueError(f"category_weights must name exactly the categories {sorted(DOMAINS)}, "
+                         f"got {sorted(weights)}")
+    if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in weights.values()) \
+            or sum(weights.values()) <= 0:
+        raise ValueError(f"category_weights must be non-negative numbers with a positive sum, got {weights!r}")
 
 
 def categories(
     seed: int = 0,
     n_train_prompts: int = 400,
     n_validation_prompts: int = 200,
-    n_test_prompts: int = 300,
+    n_test_prompts: int = 320,
     category_strength: float = 0.6,
     label_noise: float = 0.2,
+    category_weights: dict[str, float] | None = None,
 ) -> list[dict]:
     """SHP-like data: a shared preference ranking plus a category-specific deviation.
 
     Each prompt gets one response per style (all about the prompt's subject). With
     probability ``category_strength`` the asker follows their category's norm (its
-    favourite style first, see :func:`category_ranking`), otherwise the global ranking.
+    favourite style first, 3 of the 6 style pairs reversed; see :data:`CATEGORY_NORMS`),
+    otherwise the global ranking.
     Train: all 6 style pairs of each prompt (SHP's heavy response reuse; the backbone still
     runs once per response). Validation/test: one random style pair per prompt (as the
-    paper evaluates SHP). Categories are balanced within each split. ``label_noise`` swaps
+    paper evaluates SHP). Each split's prompts are apportioned across categories by
+    ``category_weights`` (default: SHP's composition, :data:`SHP_CATEGORY_COUNTS`; equal
+    weights give balanced splits). ``label_noise`` swaps
     chosen/rejected per pair in every split (real SHP labels disagree often). The strength
     and noise draws use their own RNG streams, so the texts do not depend on them.
 
@@ -540,6 +579,8 @@ def categories(
         _check_count(name, n)
     _check_fraction("category_strength", category_strength)
     _check_fraction("label_noise", label_noise)
+    weights = SHP_CATEGORY_COUNTS if category_weights is None else category_weights
+    _check_category_weights(weights)
     rng, noise_rng = _rng(seed, "categories"), _rng(seed, "categories-noise")
     strength_rng = _rng(seed, "categories-strength")
     names = list(DOMAINS)
@@ -554,7 +595,7 @@ def categories(
         return rng.choice(CATEGORY_CONTEXTS[category]) + " " + frame, domain, subject
 
     for split, n in zip(SPLITS, (n_train_prompts, n_validation_prompts, n_test_prompts)):
-        cats = [names[i % len(names)] for i in range(n)]
+        cats = [c for c, count in apportion(n, {c: weights[c] for c in names}).items() for _ in range(count)]
         rng.shuffle(cats)
         for category in cats:
             prompt, domain, subject = _unique(lambda: draw_prompt(category), seen, f"{category} prompt")

@@ -111,18 +111,43 @@ def test_categories_structure(default_rows):
     assert all(len(d) >= 3 for d in domains.values())
     # the domain is a property of the prompt; no prompt text repeats across prompts
     per_split = Counter(r["split"] for r in rows)
-    assert per_split == {"train": 6 * 400, "validation": 200, "test": 300}
+    assert per_split == {"train": 6 * 400, "validation": 200, "test": 320}
     prompts = Counter(r["prompt"] for r in rows)
-    assert len(prompts) == 400 + 200 + 300
+    assert len(prompts) == 400 + 200 + 320
     assert all(prompts[r["prompt"]] == (6 if r["split"] == "train" else 1) for r in rows)
     # a train prompt's 6 pairs are all pairs of its 4 responses: 4 sequences to featurize
     responses = defaultdict(set)
     for r in rows:
         responses[r["prompt"]] |= {r["chosen"], r["rejected"]}
     assert all(len(responses[r["prompt"]]) == (4 if r["split"] == "train" else 2) for r in rows)
-    # categories are balanced within the train split
-    train_cats = Counter(r["category"] for r in rows if r["split"] == "train")
-    assert set(train_cats.values()) == {600}
+    # each split follows SHP's composition (Table 7: 617/384/256/240 of 1497): by prompt,
+    # train 165/103/68/64 of 400, validation 83/51/34/32 of 200, test 132/82/55/51 of 320
+    for split, n_pairs, expected in [("train", 6, (165, 103, 68, 64)), ("validation", 1, (83, 51, 34, 32)),
+                                     ("test", 1, (132, 82, 55, 51))]:
+        cats = Counter(r["category"] for r in rows if r["split"] == split)
+        assert tuple(cats[c] // n_pairs for c in ("Academic", "Professional", "Cooking", "Fiction")) == expected
+
+
+def test_apportion_sums_exactly_and_follows_the_weights():
+    assert g.apportion(1497, g.SHP_CATEGORY_COUNTS) == g.SHP_CATEGORY_COUNTS
+    assert g.apportion(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}  # tie: key order
+    assert g.apportion(5, {"a": 0, "b": 3}) == {"a": 0, "b": 5}
+    assert g.apportion(0, {"a": 1, "b": 2}) == {"a": 0, "b": 0}
+
+
+def test_categories_equal_weights_balance_every_split():
+    equal = {c: 1 for c in g.DOMAINS}
+    rows = g.categories(seed=0, n_train_prompts=40, n_validation_prompts=20, n_test_prompts=20,
+                        category_weights=equal)
+    for split, n in [("train", 6 * 10), ("validation", 5), ("test", 5)]:
+        assert set(Counter(r["category"] for r in rows if r["split"] == split).values()) == {n}
+
+
+@pytest.mark.parametrize("weights", [{"Academic": 1}, {**{c: 1 for c in g.DOMAINS}, "Poetry": 1},
+                                     {c: 0 for c in g.DOMAINS}, {**{c: 1 for c in g.DOMAINS}, "Fiction": -1}])
+def test_categories_rejects_bad_weights(weights):
+    with pytest.raises(ValueError, match="category_weights"):
+        g.categories(category_weights=weights)
 
 
 def test_categories_responses_address_the_prompt_subject(default_rows):
@@ -141,12 +166,22 @@ def _agrees(ranking, chosen, rejected):
     return ranking.index(chosen) < ranking.index(rejected)
 
 
-def test_category_ranking_moves_the_favourite_to_the_top():
+def _reversed_pairs(ranking, reference):
+    return {frozenset((a, b)) for a, b in itertools.combinations(ranking, 2)
+            if reference.index(a) > reference.index(b)}
+
+
+def test_category_norms_put_the_favourite_first_and_deviate_equally():
     assert g.category_ranking(None) == g.GLOBAL_STYLE_RANKING
+    deviations = []
     for category, favourite in g.PREFERRED_STYLE.items():
         ranking = g.category_ranking(category)
-        assert ranking[0] == favourite
-        assert [s for s in ranking if s != favourite] == [s for s in g.GLOBAL_STYLE_RANKING if s != favourite]
+        assert sorted(ranking) == sorted(g.CATEGORY_STYLES) and ranking[0] == favourite
+        deviations.append(_reversed_pairs(ranking, g.GLOBAL_STYLE_RANKING))
+    # every category disagrees with the global ranking on 3 of the 6 pairs, each on its own 3
+    assert [len(d) for d in deviations] == [3, 3, 3, 3]
+    assert len(set(map(frozenset, deviations))) == 4
+    assert len(set(g.PREFERRED_STYLE.values())) == 4
 
 
 @pytest.mark.parametrize("strength", [0.0, 1.0])
@@ -165,8 +200,8 @@ def test_categories_labels_follow_the_chosen_ranking(strength):
 
 def test_categories_strength_sets_the_share_of_category_driven_askers():
     rows = g.categories(seed=0, category_strength=0.6, label_noise=0.0)
-    # per train prompt: does it follow its category's ranking or the global one? Fiction's
-    # favourite is globally last, so its 6 pairs always tell the two rankings apart.
+    # per train prompt: does it follow its category's ranking or the global one? The two
+    # disagree on 3 of a prompt's 6 pairs, so its 6 pairs always tell them apart.
     by_prompt = defaultdict(list)
     for r, p in zip(rows, _style_pairs(rows)):
         if r["split"] == "train" and r["category"] == "Fiction":
