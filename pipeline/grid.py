@@ -3,7 +3,7 @@
 One row per grid point (lambda_ls, lambda_gb, lambda_div): the chosen variant's test
 accuracy, routing entropy (Eq. 4), global entropy (Eq. 5), expert correlation (Eq. 6),
 purity (Eq. 9-10) and specialization (Eq. 11-13), and whether its router collapsed onto
-one expert, spreads uniformly, or is healthy. Rendered as a markdown table, a CSV and
+one expert, uses fewer than half its experts, spreads uniformly, or is healthy. Rendered as a markdown table, a CSV and
 heatmaps (rows: lambda_ls x lambda_gb, columns: lambda_div).
 
 Which entries of `dvc exp show --json` become points:
@@ -59,6 +59,11 @@ UNIFORM_ROUTING_ENTROPY = 0.95
 # The two cannot both hold: the entropy of a mean is at least the mean of the entropies
 # (concavity), so routing_entropy <= global_entropy, and a collapsed router (global < 0.3)
 # has routing entropy < 0.3 too.
+# - Between the two: exp(H) of the mean routing is the number of experts effectively in
+#   use, K ** global_entropy once normalized. Below half of K the router has given up on
+#   most of its experts ("partial": e.g. global entropy 0.43 at K = 5 is 2 experts) though
+#   it has not collapsed onto one. Needs K, so it is only judged when K is known.
+PARTIAL_EXPERT_FRACTION = 0.5
 
 # Per-metric colour range of the heatmaps: a fixed [0, 1] for the normalized entropies
 # and purity (so that heatmaps of two grids compare), a symmetric one for correlation,
@@ -88,6 +93,7 @@ class GridPoint:
     status: str = "ok"              # ok | queued | running | failed | no metrics
     baseline: bool = False          # a commit, not an experiment on top of one
     timestamp: str = ""             # ISO 8601 (sorts as text); "" when unknown
+    num_experts: int | None = None  # K of the experiment, from params (None: unknown)
 
     @property
     def key(self) -> tuple[float, float, float]:
@@ -99,21 +105,39 @@ class GridPoint:
         g, r = self.metrics.get("global_entropy"), self.metrics.get("routing_entropy")
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (g, r)):
             return None
-        return router_health(g, r)
+        return router_health(g, r, num_experts=self.num_experts)
 
 
-def router_health(global_entropy: float, routing_entropy: float, *,
+def effective_experts(global_entropy: float, num_experts: int) -> float:
+    """exp of the (unnormalized) entropy of the mean routing: how many experts are in use."""
+    return float(num_experts) ** global_entropy
+
+
+def router_health(global_entropy: float, routing_entropy: float, *, num_experts: int | None = None,
                   collapsed_below: float = COLLAPSED_GLOBAL_ENTROPY,
-                  uniform_above: float = UNIFORM_ROUTING_ENTROPY) -> str:
+                  uniform_above: float = UNIFORM_ROUTING_ENTROPY,
+                  partial_below: float = PARTIAL_EXPERT_FRACTION) -> str:
     """"collapsed" (global entropy < collapsed_below), "uniform" (routing entropy >
-    uniform_above) or "healthy". Both entropies normalized by log K, in [0, 1]."""
+    uniform_above), "partial" (with ``num_experts`` K: fewer than partial_below * K experts
+    effectively in use) or "healthy". Both entropies normalized by log K, in [0, 1]."""
     if not (math.isfinite(global_entropy) and math.isfinite(routing_entropy)):
         raise ValueError(f"router_health needs finite entropies, got {global_entropy}, {routing_entropy}")
     if global_entropy < collapsed_below:
         return "collapsed"
     if routing_entropy > uniform_above:
         return "uniform"
+    if num_experts is not None and num_experts > 1 and \
+            effective_experts(global_entropy, num_experts) < partial_below * num_experts:
+        return "partial"
     return "healthy"
+
+
+def _num_experts(params: dict, metrics_file: str) -> int | None:
+    """K of the experiment whose metrics file this is (data/metrics/<experiment>/<variant>.json)."""
+    parts = metrics_file.split("/")
+    experiment = parts[-2] if len(parts) >= 2 else None
+    k = ((params.get("experiments") or {}).get(experiment) or {}).get("num_experts")
+    return int(k) if isinstance(k, int) and not isinstance(k, bool) else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +208,8 @@ def load_points(exp_show_json: list | dict, metrics_file: str = "data/metrics/ca
             continue
         rev = str(entry.get("rev") or "")
         point = GridPoint(name=entry.get("name") or rev[:7], rev=rev, baseline=baseline,
-                          lambdas={k: float(params[k]) for k in LAMBDAS}, timestamp=data.get("timestamp") or "")
+                          lambdas={k: float(params[k]) for k in LAMBDAS}, timestamp=data.get("timestamp") or "",
+                          num_experts=_num_experts(params, metrics_file))
         state = (executor or {}).get("state")
         metrics = file_data(data.get("metrics"), metrics_file)
         if entry.get("error") or state == "failed":
@@ -221,7 +246,7 @@ def _lam(value: float) -> str:
 
 def grid_table(points: list[GridPoint]) -> str:
     """A markdown table, one row per point sorted by the lambdas. The router column says
-    collapsed / uniform / healthy, or the status of a point without metrics (queued, failed...)."""
+    collapsed / partial / uniform / healthy, or the status of a point without metrics (queued, failed...)."""
     header = [*LAMBDAS, *METRICS.values(), "router"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header[:-1]) + "|:---|"]
     for p in sorted(points, key=lambda p: p.key):

@@ -16,8 +16,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.grid import (COLLAPSED_GLOBAL_ENTROPY, UNIFORM_ROUTING_ENTROPY, GridError, grid_heatmap, grid_matrix,
-                           grid_table, load_points, router_health, write_grid_csv)
+from pipeline.grid import (COLLAPSED_GLOBAL_ENTROPY, UNIFORM_ROUTING_ENTROPY, GridError, effective_experts,
+                           grid_heatmap, grid_matrix, grid_table, load_points, router_health, write_grid_csv)
 from stages import grid as grid_stage
 
 METRICS_FILE = "data/metrics/categories/sparse.json"
@@ -141,6 +141,34 @@ def test_load_points_dvc2_dict():
 def test_bad_input_raises():
     with pytest.raises(GridError):
         load_points("not json", METRICS_FILE)
+
+
+def test_partial_collapse_counts_the_experts_in_use_and_needs_k():
+    # K = 5: partial below K/2 = 2.5 experts in use, i.e. global entropy < log 2.5 / log 5
+    edge = math.log(2.5) / math.log(5)
+    assert effective_experts(0.43, 5) == pytest.approx(1.997, abs=1e-3)
+    assert effective_experts(1.0, 5) == pytest.approx(5.0) and effective_experts(0.0, 5) == 1.0
+    assert router_health(0.43, 0.1, num_experts=5) == "partial"
+    assert router_health(edge - 1e-6, 0.1, num_experts=5) == "partial"
+    assert router_health(edge + 1e-6, 0.1, num_experts=5) == "healthy"
+    assert router_health(0.43, 0.1) == "healthy"                     # K unknown: not judged
+    assert router_health(0.2, 0.1, num_experts=5) == "collapsed"     # collapse wins
+    assert router_health(0.43, 0.1, num_experts=20) == "partial"     # 20 ** 0.43 = 3.6 of 20
+    assert router_health(0.9, 0.1, num_experts=20) == "healthy"      # 14.8 of 20
+
+
+def test_load_points_reads_k_of_the_metrics_files_experiment():
+    data = _data("d" * 40, (0.5, 0.5, 2.0), _m(0.7, 0.1, 0.43))
+    params = data["params"]["params.yaml"]["data"]
+    params["experiments"] = {"categories": {"dataset": "categories", "num_experts": 5},
+                             "users": {"dataset": "users", "num_experts": 20}}
+    show = [{"rev": "d" * 40, "name": "main", "error": None, "experiments": None, "data": data}]
+    (point,) = load_points(show, METRICS_FILE)
+    assert point.num_experts == 5 and point.router == "partial"
+    assert "| partial |" in grid_table([point])
+    params["experiments"]["categories"].pop("num_experts")
+    (point,) = load_points(show, METRICS_FILE)
+    assert point.num_experts is None and point.router == "healthy"
 
 
 def test_router_health_boundaries():
