@@ -234,7 +234,8 @@ def load_points(exp_show_json: list | dict, metrics_file: str = "data/metrics/ca
 # ---------------------------------------------------------------------------------------
 # rendering
 
-def _fmt(value: Any) -> str:
+def fmt_metric(value: Any) -> str:
+    """A metric cell: 3 decimals, "n/a" when missing or not finite."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.3f}" if math.isfinite(value) else "n/a"
     return "n/a" if value is None else str(value)
@@ -250,7 +251,7 @@ def grid_table(points: list[GridPoint]) -> str:
     header = [*LAMBDAS, *METRICS.values(), "router"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header[:-1]) + "|:---|"]
     for p in sorted(points, key=lambda p: p.key):
-        cells = [_lam(v) for v in p.key] + [_fmt(p.metrics.get(k)) for k in METRICS]
+        cells = [_lam(v) for v in p.key] + [fmt_metric(p.metrics.get(k)) for k in METRICS]
         cells.append((p.router or "n/a") if p.status == "ok" else p.status)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

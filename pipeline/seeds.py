@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.grid import GridError, exp_entries, file_data
+from pipeline.grid import GridError, exp_entries, file_data, fmt_metric
 from pipeline.metrics import KEY_METRICS
 
 # the metrics the per-seed tables show by default: the ones category discovery hinges on
@@ -108,10 +108,6 @@ def _finite(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-
 def variants_of(runs: list[SeedRun], reference: str) -> list[str]:
     """All variants seen, the reference first."""
     names = sorted({v for r in runs for v in r.metrics})
@@ -151,7 +147,7 @@ def per_seed_table(runs: list[SeedRun], variants: list[str], metric: str) -> str
     variants = [v for v in variants if v == reference or any(metric in r.metrics.get(v, {}) for r in runs)]
     lines = ["| seed | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for run in runs:
-        lines.append(f"| {run.seed} | " + " | ".join(_fmt(run.metrics.get(v, {}).get(metric)) for v in variants) + " |")
+        lines.append(f"| {run.seed} | " + " | ".join(fmt_metric(run.metrics.get(v, {}).get(metric)) for v in variants) + " |")
     counts = ["—"] + [("{}/{}".format(*wins(runs, reference, v, metric))) for v in variants[1:]]
     lines.append(f"| {reference} higher | " + " | ".join(counts) + " |")
     return "\n".join(lines) + "\n"

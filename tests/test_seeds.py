@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from pipeline.grid import GridError
 from pipeline.seeds import flatten, load_seed_runs, per_seed_table, seeds_report, summary_table, wins
-from stages import seeds as seeds_stage
+from stages.cli import app  # the registered `smoe seeds`
 
 
 def _entry(rev: str, seed: int | None, metrics: dict[str, dict] | None, *, lambda_div: float = 2.0,
@@ -87,21 +86,15 @@ def test_report_needs_the_reference_variant_and_the_seed_key():
     assert len(load_seed_runs(_show(), "users")[0]) == 3  # users/sparse.json in every entry
 
 
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(seeds_stage.main)
-    return app
-
-
 def test_cli_prints_and_writes_the_summary_and_fails_in_one_line(tmp_path):
     show = tmp_path / "show.json"
     show.write_text(json.dumps(_show()))
     out = tmp_path / "seeds.md"
-    result = CliRunner().invoke(_cli(), ["categories", "--from-json", str(show), "--out", str(out), "-m", "expert_purity"])
+    result = CliRunner().invoke(app, ["seeds", "categories", "--from-json", str(show), "--out", str(out), "-m", "expert_purity"])
     assert result.exit_code == 0, result.output
     assert "## expert_purity per seed" in result.stdout and "category_coverage per seed" not in result.stdout
     assert "| sparse higher | — | 2/3 |" in result.stdout
     assert "skipped 1 finished run(s)" in result.stderr
     assert out.read_text() == result.stdout
-    result = CliRunner().invoke(_cli(), ["attributes", "--from-json", str(show)])
+    result = CliRunner().invoke(app, ["seeds", "attributes", "--from-json", str(show)])
     assert result.exit_code == 1 and result.stderr.startswith("error: no finished run has data/metrics/attributes")
