@@ -11,13 +11,18 @@ and summarize with `smoe seeds categories`: per variant, the mean and standard d
 of each key metric over the seeds, and per seed the values side by side with, for each
 other variant, the number of seeds in which the reference variant (sparse) is higher.
 
+The data draw matters as much as the training seed on small data. To vary both, queue
+the grid (`-S 'datasets.categories.seed=0,1,2' -S 'train.seed=0,1,2,3,4'`) and pass
+`--by datasets.categories.seed`: one summary per data draw, then all runs pooled.
+
 Which entries of `dvc exp show --json` count as seed runs:
 - the reference configuration is the first baseline commit's params (HEAD, the commit
   the queued experiments start from);
 - a commit or experiment counts when its params equal the reference's in every key but
-  the seed key (so a lambda grid next to the seeds is skipped, not mixed in), and it has
+  the seed key (and the ``--by`` key, if any), so a lambda grid next to the seeds is
+  skipped, not mixed in; and it has
   finished with the experiment's metrics files; the workspace entry is skipped;
-- per seed value, the newest such entry is kept (a re-run replaces the earlier one).
+- per seed value (per group), the newest such entry is kept (a re-run replaces the earlier one).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class SeedRun:
     seed: Any
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     timestamp: str = ""
+    group: Any = None  # the value of ``group_key`` (e.g. the data seed) when runs are grouped
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
@@ -72,9 +78,11 @@ def _variant_metrics(metric_files: dict | None, experiment: str) -> dict[str, di
 
 
 def load_seed_runs(exp_show_json: list | dict, experiment: str, *, seed_key: str = "train.seed",
-                   params_file: str = "params.yaml") -> tuple[list[SeedRun], int]:
+                   group_key: str | None = None, params_file: str = "params.yaml") -> tuple[list[SeedRun], int]:
     """The seed runs of the reference configuration (see the module docstring), sorted by
-    seed, and how many finished entries were skipped for differing in other params."""
+    group then seed, and how many finished entries were skipped for differing in other
+    params. With ``group_key`` (e.g. ``datasets.categories.seed``, the data draw) the runs
+    may also differ in that param; each keeps its value in ``SeedRun.group``."""
     entries = exp_entries(exp_show_json)
     baselines = [e for e, is_baseline, _ in entries if is_baseline]
     if not baselines:
@@ -83,7 +91,11 @@ def load_seed_runs(exp_show_json: list | dict, experiment: str, *, seed_key: str
     if seed_key not in reference:
         raise GridError(f"{params_file} of {baselines[0].get('rev', 'HEAD')[:7]} has no {seed_key}")
     reference.pop(seed_key)
-    newest: dict[str, SeedRun] = {}
+    if group_key is not None:
+        if group_key not in reference:
+            raise GridError(f"{params_file} of {baselines[0].get('rev', 'HEAD')[:7]} has no {group_key}")
+        reference.pop(group_key)
+    newest: dict[tuple[str, str], SeedRun] = {}
     skipped = 0
     for entry, _, executor in entries:
         data = entry.get("data") or {}
@@ -94,14 +106,24 @@ def load_seed_runs(exp_show_json: list | dict, experiment: str, *, seed_key: str
         if not metrics or seed_key not in params:
             continue
         seed = params.pop(seed_key)
+        group = params.pop(group_key, None) if group_key is not None else None
         if params != reference:
             skipped += 1
             continue
         run = SeedRun(name=entry.get("name") or str(entry.get("rev", ""))[:7], seed=seed, metrics=metrics,
-                      timestamp=data.get("timestamp") or "")
-        if repr(seed) not in newest or run.timestamp > newest[repr(seed)].timestamp:
-            newest[repr(seed)] = run
-    return sorted(newest.values(), key=lambda r: (str(type(r.seed)), r.seed)), skipped
+                      timestamp=data.get("timestamp") or "", group=group)
+        key = (repr(group), repr(seed))
+        if key not in newest or run.timestamp > newest[key].timestamp:
+            newest[key] = run
+    return sorted(newest.values(), key=lambda r: (str(type(r.group)), r.group, str(type(r.seed)), r.seed)), skipped
+
+
+def by_group(runs: list[SeedRun]) -> list[tuple[Any, list[SeedRun]]]:
+    """(group value, its runs) in the order the runs come (sorted by group)."""
+    groups: dict[str, tuple[Any, list[SeedRun]]] = {}
+    for run in runs:
+        groups.setdefault(repr(run.group), (run.group, []))[1].append(run)
+    return list(groups.values())
 
 
 def _finite(values: list[float | None]) -> list[float]:
@@ -145,22 +167,29 @@ def per_seed_table(runs: list[SeedRun], variants: list[str], metric: str) -> str
     each other variant, how many seeds the first variant (the reference) is strictly higher in."""
     reference = variants[0]
     variants = [v for v in variants if v == reference or any(metric in r.metrics.get(v, {}) for r in runs)]
-    lines = ["| seed | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
+    grouped = len({repr(r.group) for r in runs}) > 1  # pooled over groups: rows are group/seed
+    lines = [f"| {'group/seed' if grouped else 'seed'} | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for run in runs:
-        lines.append(f"| {run.seed} | " + " | ".join(fmt_metric(run.metrics.get(v, {}).get(metric)) for v in variants) + " |")
+        label = f"{run.group}/{run.seed}" if grouped else run.seed
+        lines.append(f"| {label} | " + " | ".join(fmt_metric(run.metrics.get(v, {}).get(metric)) for v in variants) + " |")
     counts = ["—"] + [("{}/{}".format(*wins(runs, reference, v, metric))) for v in variants[1:]]
     lines.append(f"| {reference} higher | " + " | ".join(counts) + " |")
     return "\n".join(lines) + "\n"
 
 
 def seeds_report(runs: list[SeedRun], experiment: str, *, reference: str = "sparse", seed_key: str = "train.seed",
-                 per_seed: tuple[str, ...] = DEFAULT_PER_SEED) -> str:
-    """The whole markdown summary: the mean ± std table, then one per-seed table per metric."""
+                 per_seed: tuple[str, ...] = DEFAULT_PER_SEED, group: str = "") -> str:
+    """The whole markdown summary: the mean ± std table, then one per-seed table per metric.
+    ``group`` (e.g. "datasets.categories.seed = 1") goes into the title."""
     variants = variants_of(runs, reference)
     if reference not in variants:
         raise GridError(f"no seed run has data/metrics/{experiment}/{reference}.json (variants: {', '.join(variants)})")
-    seeds = ", ".join(str(r.seed) for r in runs)
-    parts = [f"# {experiment}: {len(runs)} seeds ({seed_key} = {seeds})\n",
+    title = f"{experiment}, {group}" if group else experiment
+    if len({repr(r.group) for r in runs}) > 1:  # pooled over groups
+        title += f": {len(runs)} runs ({seed_key} = {', '.join(f'{r.group}/{r.seed}' for r in runs)} as group/seed)"
+    else:
+        title += f": {len(runs)} seeds ({seed_key} = {', '.join(str(r.seed) for r in runs)})"
+    parts = [f"# {title}\n",
              "## Mean ± std over the seeds\n", summary_table(runs, variants)]
     for metric in per_seed:
         if any(metric in r.metrics.get(reference, {}) for r in runs):

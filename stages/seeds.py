@@ -8,13 +8,15 @@ from pathlib import Path
 import typer
 
 from pipeline.grid import GridError, dvc_exp_show
-from pipeline.seeds import DEFAULT_PER_SEED, load_seed_runs, seeds_report
+from pipeline.seeds import DEFAULT_PER_SEED, by_group, load_seed_runs, seeds_report
 
 
 def main(
     experiment: str = typer.Argument("categories", help="Experiment in params.yaml whose "
                                      "data/metrics/<experiment>/<variant>.json to summarize."),
     seed_key: str = typer.Option("train.seed", "--seed-key", help="The param the runs differ in, as `-S` names it."),
+    group_key: str = typer.Option(None, "--by", help="A second param the runs may differ in, e.g. "
+                                  "datasets.categories.seed (the data draw): one summary per value, then all pooled."),
     reference: str = typer.Option("sparse", "--reference", help="Variant compared against every other one."),
     metric: list[str] = typer.Option(list(DEFAULT_PER_SEED), "--metric", "-m",
                                      help="Metric to tabulate per seed (repeatable)."),
@@ -28,14 +30,26 @@ def main(
     Runs are the commit and experiments whose params equal HEAD's in everything but the
     seed key (a lambda grid beside them is skipped). Prints, per variant, mean ± std of the
     key metrics over the seeds, and per seed the chosen metrics side by side with how many
-    seeds the reference variant is strictly higher in."""
+    seeds the reference variant is strictly higher in. With --by, the runs may also differ
+    in that param (e.g. the data seed): one summary per value, then all runs pooled."""
     try:
         raw = json.loads(from_json.read_text()) if from_json is not None else dvc_exp_show()
-        runs, skipped = load_seed_runs(raw, experiment, seed_key=seed_key, params_file=params_file)
+        runs, skipped = load_seed_runs(raw, experiment, seed_key=seed_key, group_key=group_key,
+                                       params_file=params_file)
         if not runs:
             raise GridError(f"no finished run has data/metrics/{experiment}/*.json with HEAD's params "
                             f"(queue seeds with `dvc exp run --queue -S '{seed_key}=0,1,2' evaluate@{experiment}`)")
-        report = seeds_report(runs, experiment, reference=reference, seed_key=seed_key, per_seed=tuple(metric))
+        options = dict(reference=reference, seed_key=seed_key, per_seed=tuple(metric))
+        if group_key is None:
+            report = seeds_report(runs, experiment, **options)
+        else:
+            groups = by_group(runs)
+            parts = [seeds_report(group_runs, experiment, group=f"{group_key} = {value}", **options)
+                     for value, group_runs in groups]
+            if len(groups) > 1:  # rows of the pooled tables are labelled group/seed
+                parts.append(seeds_report(runs, experiment, group=f"all {len(groups)} values of {group_key} pooled",
+                                          **options))
+            report = "\n".join(parts)
     except (GridError, OSError, json.JSONDecodeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.grid import GridError
-from pipeline.seeds import flatten, load_seed_runs, per_seed_table, seeds_report, summary_table, wins
+from pipeline.seeds import by_group, flatten, load_seed_runs, per_seed_table, seeds_report, summary_table, wins
 from stages.cli import app  # the registered `smoe seeds`
 
 
@@ -98,3 +98,30 @@ def test_cli_prints_and_writes_the_summary_and_fails_in_one_line(tmp_path):
     assert out.read_text() == result.stdout
     result = CliRunner().invoke(app, ["seeds", "attributes", "--from-json", str(show)])
     assert result.exit_code == 1 and result.stderr.startswith("error: no finished run has data/metrics/attributes")
+
+
+def test_by_groups_runs_that_also_differ_in_a_second_param():
+    # lambda_div stands in for the data seed: the grid point (lambda_div 1.0) is now a group
+    runs, skipped = load_seed_runs(_show(), "categories", group_key="lambda_div")
+    assert skipped == 0
+    assert [(r.group, r.seed, r.name) for r in runs] == [(1.0, 0, "grid"), (2.0, 0, "aaaaaaa"), (2.0, 1, "new1"),
+                                                         (2.0, 2, "s2")]
+    groups = by_group(runs)
+    assert [(value, [r.name for r in rs]) for value, rs in groups] == [(1.0, ["grid"]), (2.0, ["aaaaaaa", "new1", "s2"])]
+    pooled = per_seed_table(runs, ["sparse", "vanilla"], "category_coverage")
+    assert pooled.startswith("| group/seed |") and "| 1.0/0 | 0.250 | n/a |" in pooled and "| 2.0/1 | 0.750 | 1.000 |" in pooled
+    with pytest.raises(GridError, match="no datasets.categories.seed"):
+        load_seed_runs(_show(), "categories", group_key="datasets.categories.seed")
+
+
+def test_cli_by_prints_one_summary_per_value_then_pooled(tmp_path):
+    show = tmp_path / "show.json"
+    show.write_text(json.dumps(_show()))
+    result = CliRunner().invoke(app, ["seeds", "categories", "--from-json", str(show), "--by", "lambda_div"])
+    assert result.exit_code == 0, result.output
+    titles = [line for line in result.stdout.splitlines() if line.startswith("# ")]
+    assert titles == ["# categories, lambda_div = 1.0: 1 seeds (train.seed = 0)",
+                      "# categories, lambda_div = 2.0: 3 seeds (train.seed = 0, 1, 2)",
+                      "# categories, all 2 values of lambda_div pooled: 4 runs (train.seed = 1.0/0, 2.0/0, 2.0/1, 2.0/2 "
+                      "as group/seed)"]
+    assert "skipped" not in result.stderr
