@@ -11,9 +11,11 @@ and summarize with `smoe seeds categories`: per variant, the mean and standard d
 of each key metric over the seeds, and per seed the values side by side with, for each
 other variant, the number of seeds in which the reference variant (sparse) is higher.
 
-The data draw matters as much as the training seed on small data. To vary both, queue
-the grid (`-S 'datasets.categories.seed=0,1,2' -S 'train.seed=0,1,2,3,4'`) and pass
-`--by datasets.categories.seed`: one summary per data draw, then all runs pooled.
+The data draw matters as much as the training seed on small data. To vary both, run
+each draw once in the workspace and queue the training seeds on top of it (README,
+"Check a result across seeds": a queued data seed would re-run featurize per
+experiment), then pass `--by datasets.categories.seed`: one summary per data draw, then
+all runs pooled.
 
 Which entries of `dvc exp show --json` count as seed runs:
 - the reference configuration is the first baseline commit's params (HEAD, the commit
@@ -126,6 +128,11 @@ def by_group(runs: list[SeedRun]) -> list[tuple[Any, list[SeedRun]]]:
     return list(groups.values())
 
 
+def _pooled(runs: list[SeedRun]) -> bool:
+    """Whether ``runs`` span more than one group (rows and titles then say group/seed)."""
+    return len({repr(r.group) for r in runs}) > 1
+
+
 def _finite(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
@@ -167,7 +174,7 @@ def per_seed_table(runs: list[SeedRun], variants: list[str], metric: str) -> str
     each other variant, how many seeds the first variant (the reference) is strictly higher in."""
     reference = variants[0]
     variants = [v for v in variants if v == reference or any(metric in r.metrics.get(v, {}) for r in runs)]
-    grouped = len({repr(r.group) for r in runs}) > 1  # pooled over groups: rows are group/seed
+    grouped = _pooled(runs)
     lines = [f"| {'group/seed' if grouped else 'seed'} | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for run in runs:
         label = f"{run.group}/{run.seed}" if grouped else run.seed
@@ -185,7 +192,7 @@ def seeds_report(runs: list[SeedRun], experiment: str, *, reference: str = "spar
     if reference not in variants:
         raise GridError(f"no seed run has data/metrics/{experiment}/{reference}.json (variants: {', '.join(variants)})")
     title = f"{experiment}, {group}" if group else experiment
-    if len({repr(r.group) for r in runs}) > 1:  # pooled over groups
+    if _pooled(runs):
         title += f": {len(runs)} runs ({seed_key} = {', '.join(f'{r.group}/{r.seed}' for r in runs)} as group/seed)"
     else:
         title += f": {len(runs)} seeds ({seed_key} = {', '.join(str(r.seed) for r in runs)})"
