@@ -3,8 +3,8 @@
 One row per grid point (lambda_ls, lambda_gb, lambda_div): the chosen variant's test
 accuracy, routing entropy (Eq. 4), global entropy (Eq. 5), expert correlation (Eq. 6),
 purity (Eq. 9-10) and specialization (Eq. 11-13), and whether its router collapsed onto
-one expert, uses fewer than half its experts, spreads uniformly, or is healthy. Rendered as a markdown table, a CSV and
-heatmaps (rows: lambda_ls x lambda_gb, columns: lambda_div).
+one expert, uses fewer than half its experts, spreads uniformly, or is healthy. Rendered
+as a markdown table, a CSV and heatmaps (rows: lambda_ls x lambda_gb, columns: lambda_div).
 
 Which entries of `dvc exp show --json` become points:
 - the `workspace` entry is skipped: it is the baseline commit again, or the last

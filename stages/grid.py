@@ -24,8 +24,8 @@ def main(
     """Summarize the lambda grid (App. C, Table 8): per point (lambda_ls, lambda_gb,
     lambda_div) the accuracy, routing and global entropy, expert correlation, purity and
     specialization, and whether the router collapsed onto one expert, uses fewer than half
-    of its K experts (partial), routes uniformly or is healthy. Works on any grid DVC knows about: queued (`dvc queue start -j N`), run
-    one `dvc exp run -S ...` at a time, or committed. The workspace entry is skipped;
+    of its K experts (partial), routes uniformly or is healthy. Works on any grid DVC knows
+    about: queued (`dvc queue start -j N`), run one `dvc exp run -S ...` at a time, or committed. The workspace entry is skipped;
     queued/running/failed points are listed without metrics. Writes OUT/grid.md,
     OUT/grid.csv and OUT/heatmap_<metric>.png, and prints the table."""
     try:
