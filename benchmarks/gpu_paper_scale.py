@@ -4,7 +4,7 @@
    shape (hidden 3072, 28 layers, 24/8 heads; anchors.md) over a prepared dataset, bf16
    on CUDA, with the score-head integrity check on. Random weights cost the same FLOPs as
    the real ones, so throughput is representative; the states are not meaningful.
-2. train: `pipeline.bench_train` on a synthetic 36K-pair cache at hidden 3072, K = 20, on
+2. train: `tooling.bench_train` on a synthetic 36K-pair cache at hidden 3072, K = 20, on
    CUDA and on the CPU of the same machine.
 
 Usage (on a GPU machine, from the repo root):
@@ -24,7 +24,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from pipeline.backbone import BackboneConfig, load
-from pipeline.bench_train import bench
+from tooling.bench_train import bench
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.train import TrainConfig
 

@@ -53,6 +53,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.hyre_temperature > 0:
             raise ValueError(f"hyre_temperature must be > 0, got {self.hyre_temperature!r}")
         if self.hyre_reduction not in REDUCTIONS:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pipeline.errors import UserError
 
 # Packaged backbones that exist offline, in PyPI wheels (see anchors.md). Their
 # declared dependencies do not install, so we never pip-install them: we read the
@@ -63,7 +64,7 @@ FALLBACK_TEMPLATE = (
 )
 
 
-class BackboneError(RuntimeError):
+class BackboneError(UserError, RuntimeError):
     pass
 
 
@@ -368,7 +369,10 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def load(config: BackboneConfig) -> Backbone:
     """Load tokenizer + base model (+ score head for *ForSequenceClassification models)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    if not sys.stderr.isatty():  # a log (dvc repro): no carriage-return "Loading weights" bar
+        hf_logging.disable_progress_bar()
     ref = HUB_ALIASES.get(config.model, config.model)
     if config.model in PACKAGED:
         raise BackboneError(f"{config.model!r} is a packaged backbone: run `smoe backbone {config.model} --out DIR` "

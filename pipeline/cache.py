@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pipeline.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -65,7 +66,7 @@ REQUIRED_MANIFEST_KEYS = (
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     pass
 
 

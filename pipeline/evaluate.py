@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +11,11 @@ import pyarrow.parquet as pq
 
 from pipeline import figures, metrics
 from pipeline.cache import FeatureCache, write_json
-from pipeline.models import RewardHead, check_compatible
-from pipeline.pair_states import PairStates
-from pipeline.train import predict
+from pipeline.models import RewardHead, check_compatible, predict
+from pipeline.split_store import SplitStore
 
 
-def predictions_table(states: PairStates, weights: np.ndarray, margins: np.ndarray) -> pa.Table:
+def predictions_table(states: SplitStore, weights: np.ndarray, margins: np.ndarray) -> pa.Table:
     """One row per pair, keyed by ``pair_id`` (join on it, never on row order)."""
     margin = metrics.mixture_margin(weights, margins)
     columns = {
@@ -58,9 +55,9 @@ def specialization_metrics(val_weights: np.ndarray, val_categories: np.ndarray |
     return out
 
 
-def split_specialization(validation: PairStates, val_weights: np.ndarray, states: PairStates, weights: np.ndarray,
+def split_specialization(validation: SplitStore, val_weights: np.ndarray, states: SplitStore, weights: np.ndarray,
                          margins: np.ndarray, *, top_n: int = 50, top_m: float = 0.10) -> dict[str, Any]:
-    """:func:`specialization_metrics` on two splits' predictions (rows in PairStates order),
+    """:func:`specialization_metrics` on two splits' predictions (rows in SplitStore order),
     with categories from the pairs' metadata and rows sorted by pair_id."""
     val_order, order = validation.order_by_pair_id(), states.order_by_pair_id()
     val_c, c = validation.categories(), states.categories()
@@ -69,32 +66,20 @@ def split_specialization(validation: PairStates, val_weights: np.ndarray, states
                                   top_n=top_n, top_m=top_m)
 
 
-def merge_fidelity(result: dict[str, Any], experts_json: str | Path) -> dict[str, Any]:
-    """Copy ``description_fidelity`` (and its random baseline) from the interpret stage's
-    ``experts.json`` into a variant's metrics, when the file exists."""
-    path = Path(experts_json)
-    if path.exists():
-        report = json.loads(path.read_text())
-        for key in ("description_fidelity", "description_fidelity_random"):
-            if isinstance(report.get(key), (int, float)) and math.isfinite(report[key]):
-                result[key] = report[key]
-    return result
-
-
-def write_figures(name: str, weights: np.ndarray, margins: np.ndarray, categories: np.ndarray | None,
-                  out_dir: str | Path) -> list[Path]:
+def write_figures(weights: np.ndarray, margins: np.ndarray, categories: np.ndarray | None, out_dir: str | Path,
+                  title: str) -> list[Path]:
     """The routing heatmap (mean routing weight, category x expert) and the expert
     correlation matrix of one variant."""
     k = weights.shape[1]
     experts = [f"E{i}" for i in range(k)]
     paths = [figures.heatmap(metrics.correlation_matrix(margins), experts, experts,
-                             f"{name}: correlation of expert margins (test)", Path(out_dir) / f"{name}_expert_correlation.png",
+                             f"{title}: correlation of expert margins (test)", Path(out_dir) / "expert_correlation.png",
                              vmin=-1, vmax=1, cmap="coolwarm")]
     if categories is not None:
         names = sorted(set(categories.tolist()))
         table = np.stack([weights[categories == c].mean(axis=0) for c in names])
-        paths.append(figures.heatmap(table, names, experts, f"{name}: mean routing weight by category (test)",
-                                     Path(out_dir) / f"{name}_routing_by_category.png", vmin=0, vmax=1))
+        paths.append(figures.heatmap(table, names, experts, f"{title}: mean routing weight by category (test)",
+                                     Path(out_dir) / "routing_by_category.png", vmin=0, vmax=1))
     return paths
 
 
@@ -118,44 +103,38 @@ def routing_examples(name: str, pair_ids: list[str], weights: np.ndarray, catego
     return "\n".join(lines) + "\n"
 
 
-def evaluate_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], *,
-                        metrics_dir: str | Path, predictions_dir: str | Path, scratch: str | Path,
-                        figures_dir: str | Path | None = None, prompts: dict[str, str] | None = None,
-                        interpret_dir: str | Path | None = None,
-                        split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Score every variant on ``split``; write the key metrics (:func:`metrics.headline`,
-    what DVC tracks) to ``<metrics_dir>/<variant>.json``, every metric including the
-    per-expert and per-category tables to ``<predictions_dir>/<variant>_metrics.json``,
-    the per-pair ``<predictions_dir>/<variant>.parquet`` (+ ``<variant>_examples.md`` when
-    ``prompts``, pair_id -> prompt text, is given) and figures. Returns all metrics."""
-    states = PairStates.build(cache, split, scratch)
-    validation = PairStates.build(cache, "validation", scratch)
-    results = {}
-    for name in variants:
-        head = RewardHead.load(Path(models_dir) / name)
-        check_compatible(head.config, cache.manifest, f"{Path(models_dir) / name} on {cache.path}")
-        weights, margins = predict(head, states)
-        result = {**metrics.behaviour_metrics(weights, margins), "num_experts": head.num_experts,
-                  "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
-        if head.router is not None:  # input-dependent routing (moe); single/hyre have none to analyse
-            val_weights, _ = predict(head, validation)
-            result.update(split_specialization(validation, val_weights, states, weights, margins))
-            order, c = states.order_by_pair_id(), states.categories()
-            w, m, c = weights[order], margins[order], (None if c is None else c[order])
-            if c is not None:
-                result["per_category"] = metrics.per_category_table(w, m, c)
-            if figures_dir is not None:
-                write_figures(name, w, m, c, figures_dir)
-            if prompts is not None:
-                Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-                ids = [states.pair_ids[i] for i in order]
-                (Path(predictions_dir) / f"{name}_examples.md").write_text(routing_examples(name, ids, w, c, prompts))
-        if interpret_dir is not None:
-            merge_fidelity(result, Path(interpret_dir) / name / "experts.json")
-        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
-        Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(metrics_dir) / f"{name}.json", metrics.headline(result))
-        write_json(Path(predictions_dir) / f"{name}_metrics.json", result)
-        pq.write_table(predictions_table(states, weights, margins), Path(predictions_dir) / f"{name}.parquet")
-        results[name] = result
-    return results
+def evaluate_variant(cache: FeatureCache, model_dir: str | Path, name: str, *, metrics_path: str | Path,
+                     predictions_dir: str | Path, scratch: str | Path, figures_dir: str | Path | None = None,
+                     prompts: dict[str, str] | None = None,
+                     split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score one trained head on ``split``. Writes the key metrics (:func:`metrics.headline`,
+    what DVC tracks) to ``metrics_path``; into ``predictions_dir``: every metric including
+    the per-expert and per-category tables (``metrics.json``), the per-pair
+    ``predictions.parquet`` and, when ``prompts`` (pair_id -> prompt text) is given, the
+    sample routings (``examples.md``); figures into ``figures_dir``. Returns all metrics."""
+    head = RewardHead.load(model_dir)
+    check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
+    states = SplitStore.build(cache, split, scratch)
+    weights, margins = predict(head, states)
+    result = {**metrics.behaviour_metrics(weights, margins), "num_experts": head.num_experts,
+              "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
+    predictions_dir = Path(predictions_dir)
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    if head.router is not None:  # input-dependent routing (moe); single/hyre have none to analyse
+        validation = SplitStore.build(cache, "validation", scratch)
+        val_weights, _ = predict(head, validation)
+        result.update(split_specialization(validation, val_weights, states, weights, margins))
+        order, c = states.order_by_pair_id(), states.categories()
+        w, m, c = weights[order], margins[order], (None if c is None else c[order])
+        if c is not None:
+            result["per_category"] = metrics.per_category_table(w, m, c)
+        if figures_dir is not None:
+            write_figures(w, m, c, figures_dir, name)
+        if prompts is not None:
+            ids = [states.pair_ids[i] for i in order]
+            (predictions_dir / "examples.md").write_text(routing_examples(name, ids, w, c, prompts))
+    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(metrics_path), metrics.headline(result))
+    write_json(predictions_dir / "metrics.json", result)
+    pq.write_table(predictions_table(states, weights, margins), predictions_dir / "predictions.parquet")
+    return result

@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from pipeline import cache, pairs
 from pipeline.backbone import Backbone, Encoded
+from pipeline.progress import Progress, progress
 
 FEATURE_DTYPES = ("float16", "float32")
 
@@ -98,7 +98,7 @@ def tokenize(prepared: Path, backbone: Backbone, workdir: Path, show_progress: b
     token_path = workdir / "tokens.arrow"
     schema = pa.schema([("prefix", pa.list_(pa.int32())), ("response", pa.list_(pa.int32()))])
     buffer: dict[str, list] = {"prefix": [], "response": []}
-    bar = tqdm(total=pf.metadata.num_rows, desc="tokenize", unit="pair", disable=not show_progress)
+    bar = progress(pf.metadata.num_rows, "tokenize", "pair", enabled=show_progress)
     with pa.OSFile(str(token_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         def flush():
             if buffer["prefix"]:
@@ -211,7 +211,7 @@ def make_plan(seq_ids: list[str], lengths: np.ndarray, prefix_lengths: np.ndarra
 
 
 def compute_shard(backbone: Backbone, tokens: pa.Table, plan: Plan, shard: list, truncated: list[bool],
-                  config: FeaturizeConfig, bar: tqdm) -> pa.Table:
+                  config: FeaturizeConfig, bar: Progress) -> pa.Table:
     ids, n_tokens, trunc, resp_states, prompt_states = [], [], [], [], []
     for batch in shard:
         members = [m for _, ms in batch for m in ms]
@@ -293,8 +293,8 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
         todo = [i for i in mine if cache.completed_shard(shard_dir, i, plan.plan_hash,
                                                          previous.get(cache.shard_name(i))) is None]
         total = sum(len(ms) for i in todo for b in plan.shards[i] for _, ms in b)
-        bar = tqdm(total=total, desc=f"featurize ({len(mine) - len(todo)}/{len(mine)} shards cached)",
-                   unit="seq", disable=not show_progress)
+        bar = progress(total, f"featurize ({len(mine) - len(todo)}/{len(mine)} shards cached)", "seq",
+                       enabled=show_progress)
         pending: Future | None = None
         with ThreadPoolExecutor(max_workers=1) as writer:  # storage overlaps the next shard's compute
             for i in todo:

@@ -222,3 +222,95 @@ def headline(result: dict, keys: tuple[str, ...] = KEY_METRICS) -> dict[str, flo
     expert has no correlation) are left out rather than shown as empty columns."""
     return {k: float(result[k]) for k in keys
             if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool) and math.isfinite(result[k])}
+
+
+# ---------------------------------------------------------------------------------------
+# Steering aggregates (§5.2, App. A Eq. 16): the flip rate over attributes and weights, and
+# the paired t-test that compares two models' flip rates across attributes
+# ---------------------------------------------------------------------------------------
+
+
+def average_flip_rate(rates) -> float:
+    """Eq. 16: FR-bar = 1 / (|A| |W|) sum_a sum_w FR(a, w), the flip rate averaged over
+    attributes a and target weights w. ``rates`` holds FR(a, w) values in any shape (a
+    [A, W] grid; one attribute's row; one weight's column for the per-weight curve). An
+    undefined FR(a, w) (NaN: no pair of a misclassified at w = 0, Eq. 15) is left out; NaN
+    if none is defined. The undesired flip rate (Eq. 18) is averaged the same way."""
+    values = np.asarray(rates, dtype=np.float64).ravel()
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def paired_t_test(reference: dict, other: dict) -> dict[str, float]:
+    """Paired t-test across attributes on the per-attribute flip rate (App. A), reference
+    minus other; ``reference`` and ``other`` map attribute -> {"flip_rate": FR(a)}.
+    Attributes where either flip rate is undefined are left out; t and p are NaN when fewer
+    than two remain or the differences are all equal (no variance to test)."""
+    from scipy import stats  # scipy comes with scikit-learn; imported here, on first use
+
+    shared = [a for a in reference if a in other and not math.isnan(reference[a]["flip_rate"])
+              and not math.isnan(other[a]["flip_rate"])]
+    x = np.array([reference[a]["flip_rate"] for a in shared])
+    y = np.array([other[a]["flip_rate"] for a in shared])
+    if len(shared) < 2 or np.allclose(x - y, (x - y)[0]):
+        return {"t": math.nan, "p_value": math.nan, "mean_difference": float(np.mean(x - y)) if shared else math.nan,
+                "num_attributes": len(shared)}
+    result = stats.ttest_rel(x, y)
+    return {"t": float(result.statistic), "p_value": float(result.pvalue), "mean_difference": float(np.mean(x - y)),
+            "num_attributes": len(shared)}
+
+
+# ---------------------------------------------------------------------------------------
+# Description fidelity (§6.1, App. A Eq. 19-20): which examples a judge sees, and how its
+# verdicts z_k(x) in {0, 1} are scored against the routing weights pi_k(x)
+# ---------------------------------------------------------------------------------------
+
+
+def stratified_sample(weights_k: np.ndarray, per_stratum: int, top_fraction: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """App. A's sample of the examples judged for one expert (Eq. 19): (indices drawn from
+    the top ``top_fraction`` of examples by pi_k, indices drawn from the rest), each sorted,
+    ``per_stratum`` each without replacement (paper: 100 from the top 10 %, 100 from the
+    other 90 %), or the whole stratum when it is smaller (a small test split is used in
+    full). Without the top stratum a random sample would hold few examples the expert
+    fires on, and the correlation would measure little. The top stratum has
+    ``max(1, round(top_fraction * N))`` examples, the size :func:`topm_specialization`
+    uses; ties keep the input order."""
+    if per_stratum < 1 or not 0 < top_fraction < 1:
+        raise ValueError(f"need per_stratum >= 1 and 0 < top_fraction < 1, got {per_stratum}, {top_fraction}")
+    n = len(weights_k)
+    ranked = top_examples(np.asarray(weights_k).reshape(-1, 1), 0, n)
+    n_top = min(n, max(1, int(round(top_fraction * n))))
+
+    def draw(pool: np.ndarray) -> np.ndarray:
+        if len(pool) <= per_stratum:
+            return np.sort(pool)
+        return np.sort(rng.choice(pool, size=per_stratum, replace=False))
+
+    return draw(ranked[:n_top]), draw(ranked[n_top:])
+
+
+def pearson_or_zero(z: np.ndarray, pi: np.ndarray) -> float:
+    """Eq. 19's correlation corr(z, pi). If z or pi is constant over the sample (a judge that
+    says YES to everything, a router that weights every sampled example alike) the
+    correlation is undefined; it is taken as 0: the description then tells nothing about
+    the routing."""
+    z, pi = np.asarray(z, dtype=np.float64), np.asarray(pi, dtype=np.float64)
+    if len(z) < 2 or z.std() < 1e-12 or pi.std() < 1e-12:
+        return 0.0
+    return float(np.corrcoef(z, pi)[0, 1])
+
+
+def description_fidelity(judgments: list[np.ndarray], weights: list[np.ndarray]) -> tuple[float, list[float]]:
+    """Eq. 19-20: per expert k, DF_k = corr(z_k(x), pi_k(x)) over its judged examples
+    (:func:`pearson_or_zero`), where ``judgments[k]`` and ``weights[k]`` are z_k and pi_k on
+    the same examples in the same order; and DF = mean_k DF_k (NaN without experts). The
+    random baseline is the same statistic with each z_k shuffled against its pi_k."""
+    if len(judgments) != len(weights):
+        raise ValueError(f"{len(judgments)} experts' judgments but {len(weights)} experts' weights")
+    per_expert = []
+    for k, (z, pi) in enumerate(zip(judgments, weights)):
+        if len(z) != len(pi):
+            raise ValueError(f"expert {k}: {len(z)} judgments for {len(pi)} routing weights")
+        per_expert.append(pearson_or_zero(z, pi))
+    return (float(np.mean(per_expert)) if per_expert else math.nan), per_expert

@@ -25,14 +25,21 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # type only: running a head must not import the cache reader
+    from pipeline.split_store import SplitStore
 
 KINDS = ("moe", "single", "hyre")
+# The five heads the paper compares (trained by pipeline/train.py): kind single, moe x 3, hyre.
+VARIANTS = ("single", "vanilla", "micro", "sparse", "hyre")
 ROUTERS = ("mlp", "linear")
 
 
@@ -187,7 +194,7 @@ class RewardHead(nn.Module):
         return head.eval()
 
 
-class IncompatibleFeaturesError(ValueError):
+class IncompatibleFeaturesError(UserError, ValueError):
     pass
 
 
@@ -202,3 +209,17 @@ def check_compatible(config: HeadConfig, manifest: dict[str, Any], where: str) -
         problems.append(f"chat-template hash {manifest.get('template_hash')!r} != head's {config.template_hash!r}")
     if problems:
         raise IncompatibleFeaturesError(f"{where}: features do not match this head: " + "; ".join(problems))
+
+
+@torch.no_grad()
+def predict(head: RewardHead, states: "SplitStore", batch_size: int = 1024,
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(routing weights [N, K], expert margins [N, K]) for every pair, in ``states.pair_ids`` order."""
+    head.eval()
+    weights = np.zeros((len(states), head.num_experts))
+    margins = np.zeros((len(states), head.num_experts))
+    for batch in states.batches(batch_size, block_pairs=batch_size * 8, device=device):
+        log_w, m = head.pair_outputs(batch.prompt, batch.chosen, batch.rejected)
+        weights[batch.rows] = log_w.exp().double().cpu().numpy()
+        margins[batch.rows] = m.double().cpu().numpy()
+    return weights, margins

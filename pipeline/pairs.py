@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pipeline.errors import UserError
 
 SPLITS = ("train", "validation", "test", "adapt")
 METADATA_COLUMNS = ("category", "domain", "attribute", "criterion", "user")
@@ -59,7 +60,7 @@ DUPLICATE_PAIR = "duplicate_pair"
 Messages = list[dict[str, str]]
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A source is missing a column, or a column has the wrong type."""
 
 
@@ -74,10 +75,6 @@ def _digest(*parts: str, length: int = 16) -> str:
 def canonical_prompt(prompt: Messages) -> str:
     """A stable string form of a prompt, used for hashing and as a join key."""
     return json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
-
-
-def prompt_id(prompt: Messages) -> str:
-    return _digest("prompt", canonical_prompt(prompt))
 
 
 def sequence_id(prompt: Messages, response: str) -> str:

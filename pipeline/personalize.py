@@ -10,6 +10,12 @@ For every group of the test split (an attribute of ``attributes``, a user of ``u
    HyRe reweighting for the ensemble, nothing for the single head) and its accuracy on the
    evaluation pairs is compared with the unadapted model's.
 
+One head at a time (:func:`personalize_variant`): the split and the draws depend only on
+the data (rows ordered by pair_id, groups by name) and the seeds, never on which other
+heads are personalized or in which order, so heads personalized separately are still
+compared on the same pairs. The cross-model tables (5, 6, 12, 13) and Fig. 8 are the
+report's (:mod:`pipeline.report`).
+
 Reported per model: accuracy after adaptation and the gain over the unadapted model at the
 largest n (paper: 50), mean over groups, and mean +- std over seeds; the same per n (Fig. 8)
 and per group (Tables 5/12/13); and for each group the expert whose mean routing weight on
@@ -22,16 +28,19 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from pipeline import figures, metrics
+from pipeline import metrics
 from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
-from pipeline.cache import FeatureCache, write_json
+from pipeline.cache import FeatureCache
+from pipeline.errors import UserError
 from pipeline.models import RewardHead, check_compatible
-from pipeline.pair_states import PairStates
+from pipeline.split_store import SplitStore
+
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -43,17 +52,38 @@ class PersonalizeConfig:
     split: str = "test"           # where groups come from (test prompts carry no criterion)
 
     def __post_init__(self) -> None:
-        if not self.sizes or min(self.sizes) < 1:
+        def integers(name: str) -> list[int]:
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int)
+                                                            for v in values):
+                raise ValueError(f"{name} must be a list of integers, got {values!r}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat, got {values!r}")
+            return list(values)
+
+        sizes, seeds = integers("sizes"), integers("seeds")
+        if not sizes or min(sizes) < 1:
             raise ValueError(f"sizes must be a non-empty list of positive integers, got {self.sizes!r}")
-        if not self.seeds:
+        if not seeds:
             raise ValueError("seeds must not be empty")
-        if not 0 < self.eval_fraction < 1:
+        if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, (int, float)) \
+                or not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction!r}")
-        self.sizes = sorted(int(n) for n in self.sizes)
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
+            raise ValueError(f"split_seed must be an integer, got {self.split_seed!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        self.sizes, self.seeds = sorted(sizes), seeds
 
 
-class PersonalizeError(ValueError):
+class PersonalizeError(UserError, ValueError):
     pass
+
+
+class PersonalizeOutput(NamedTuple):
+    results: dict[str, Any]        # every result: {variant: ..., "settings": ...}
+    key_metrics: dict[str, float]  # flat key numbers, the DVC metrics file
+    curve_csv: str                 # accuracy per adaptation size, for `dvc plots`
 
 
 def split_groups(labels: np.ndarray, config: PersonalizeConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -79,9 +109,23 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "group"
 
 
-def personalize_variant(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[np.ndarray, np.ndarray]],
-                        config: PersonalizeConfig, adapt_config: AdaptConfig,
-                        save_dir: Path | None = None) -> dict[str, Any]:
+def load_groups(cache: FeatureCache, group_by: str, config: PersonalizeConfig,
+                scratch: str | Path) -> tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The states [N, 3, H] of ``config.split``'s pairs, rows sorted by pair_id (the split
+    does not depend on file order), and their groups (:func:`split_groups`)."""
+    states = SplitStore.build(cache, config.split, scratch)
+    if group_by not in states.metadata.column_names or None in states.metadata.column(group_by).to_pylist():
+        raise PersonalizeError(f"{cache.path}: every {config.split} pair needs a {group_by!r} value to "
+                               f"personalize by; columns: {states.metadata.column_names}")
+    order = states.order_by_pair_id()
+    labels = np.array(states.metadata.column(group_by).to_pylist())[order]
+    x = torch.from_numpy(states.read(0, len(states))[order].astype(np.float32))
+    return x, split_groups(labels, config)
+
+
+def personalize_head(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[np.ndarray, np.ndarray]],
+                     config: PersonalizeConfig, adapt_config: AdaptConfig,
+                     save_dir: Path | None = None) -> dict[str, Any]:
     """Adapt one head per (group, n, seed); see the module docstring. Adapted heads at the
     largest n and first seed are saved under ``save_dir/<group>/``."""
     by_group: dict[str, Any] = {}
@@ -129,86 +173,43 @@ def load_descriptions(experts_json: str | Path) -> dict[int, str]:
     return {int(e["id"]): str(e["description"]) for e in json.loads(path.read_text()).get("experts", [])}
 
 
+def personalize_variant(cache: FeatureCache, model_dir: str | Path, variant: str, group_by: str, *,
+                        config: PersonalizeConfig, adapt_config: AdaptConfig, scratch: str | Path,
+                        adapted_dir: str | Path | None = None) -> PersonalizeOutput:
+    """Personalize one head (any variant) to every ``group_by`` group of the cache's
+    ``config.split``. Saves the adapted heads (largest n, first seed) under
+    ``adapted_dir/<group>/`` when given (Table 6's expert descriptions are joined by the
+    report, so this stage does not depend on interpret). Returns every result, the key numbers (:func:`headline`) and the Fig. 8 curve
+    (:func:`curve_csv`)."""
+    head = RewardHead.load(model_dir)
+    check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
+    x, groups = load_groups(cache, group_by, config, scratch)
+    result = personalize_head(head, x, groups, config, adapt_config,
+                              None if adapted_dir is None else Path(adapted_dir))
+    result["method"] = method_for(head)
+    results = {variant: result,
+               "settings": {"group_by": group_by, "variant": variant, **asdict(config), "adaptation": asdict(adapt_config)}}
+    return PersonalizeOutput(results, headline(results), curve_csv(results))
+
+
 HEADLINE = ("accuracy_before", "accuracy", "gain", "gain_std")
 
 
-def headline(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The key numbers per model at the largest n, for the DVC metrics file (a
+def _variant(results: dict[str, Any]) -> dict[str, Any]:
+    return results[results["settings"]["variant"]]
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The key numbers of one :func:`personalize_variant` result at the largest n, flat (a
     `dvc exp show` column each): accuracy before and after adaptation, gain and its std."""
-    return {name: metrics.headline(r, HEADLINE) for name, r in results.items() if name != "settings"}
+    return metrics.headline(_variant(results), HEADLINE)
 
 
-def personalize_experiment(cache: FeatureCache, models_dir: str | Path, variants: list[str], group_by: str, *,
-                           config: PersonalizeConfig, adapt_config: AdaptConfig, out_path: str | Path,
-                           adapted_dir: str | Path | None, figures_dir: str | Path | None,
-                           tables_path: str | Path | None = None, metrics_path: str | Path | None = None,
-                           interpret_dir: str | Path | None, scratch: str | Path) -> dict[str, Any]:
-    """Run :func:`personalize_variant` for every variant; write every result to ``out_path``
-    (JSON), the key numbers (:func:`headline`) to ``metrics_path``, the markdown tables
-    (``tables_path``), the adapted heads and the Fig. 8 curve."""
-    states = PairStates.build(cache, config.split, scratch)
-    if group_by not in states.metadata.column_names or None in states.metadata.column(group_by).to_pylist():
-        raise PersonalizeError(f"{cache.path}: every {config.split} pair needs a {group_by!r} value to "
-                               f"personalize by; columns: {states.metadata.column_names}")
-    order = states.order_by_pair_id()  # rows by pair_id: the split does not depend on file order
-    labels = np.array(states.metadata.column(group_by).to_pylist())[order]
-    x = torch.from_numpy(states.read(0, len(states))[order].astype(np.float32))
-    groups = split_groups(labels, config)
-    results: dict[str, Any] = {}
-    for name in variants:
-        head = RewardHead.load(Path(models_dir) / name)
-        check_compatible(head.config, cache.manifest, f"{Path(models_dir) / name} on {cache.path}")
-        save_dir = None if adapted_dir is None else Path(adapted_dir) / name
-        results[name] = personalize_variant(head, x, groups, config, adapt_config, save_dir)
-        results[name]["method"] = method_for(head)
-        if interpret_dir is not None:
-            descriptions = load_descriptions(Path(interpret_dir) / name / "experts.json")
-            for row in results[name]["by_group"].values():
-                k = row["most_upweighted_expert"]
-                row["most_upweighted_description"] = descriptions.get(k) if k is not None else None
-    results["settings"] = {"group_by": group_by, **asdict(config), "adaptation": asdict(adapt_config)}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    if metrics_path is not None:
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(metrics_path), headline(results))
-    if tables_path is not None:
-        Path(tables_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(tables_path).write_text(markdown_tables(results, group_by))
-    if figures_dir is not None:
-        models = [m for m in results if m != "settings"]
-        sizes = config.sizes
-        figures.line_plot(sizes, {m: [results[m]["by_n"][str(n)]["accuracy"] for n in sizes] for m in models},
-                          f"Accuracy after adaptation vs adaptation-set size (Fig. 8), by {group_by}",
-                          Path(figures_dir) / "adaptation_size.png", xlabel="adaptation pairs n",
-                          ylabel="accuracy (eval pairs)",
-                          errors={m: [results[m]["by_n"][str(n)]["accuracy_std"] for n in sizes] for m in models})
-        lines = ["n," + ",".join(models)]
-        lines += [f"{n}," + ",".join(f"{results[m]['by_n'][str(n)]['accuracy']:.6f}" for m in models) for n in sizes]
-        (Path(figures_dir) / "adaptation_size.csv").write_text("\n".join(lines) + "\n")
-    return results
-
-
-def markdown_tables(results: dict[str, Any], group_by: str) -> str:
-    """Tables 5/12/13 (accuracy after adaptation, gain in parentheses) and Table 6 (the most
-    upweighted expert per group), in markdown."""
-    models = [m for m in results if m != "settings"]
-    groups = list(results[models[0]]["by_group"]) if models else []
-    n = results["settings"]["sizes"][-1]
-    lines = [f"# Personalization by {group_by} (n = {n}, mean over seeds {results['settings']['seeds']})", "",
-             "| model | " + " | ".join(groups) + " | overall |", "|---|" + "---|" * (len(groups) + 1)]
-    for m in models:
-        cells = [f"{100 * g['accuracy']:.1f} ({100 * g['gain']:+.1f})" for g in results[m]["by_group"].values()]
-        lines.append(f"| {m} | " + " | ".join(cells) +
-                     f" | {100 * results[m]['accuracy']:.1f} ({100 * results[m]['gain']:+.1f} "
-                     f"± {100 * results[m]['gain_std']:.1f}) |")
-    for m in models:
-        if results[m]["method"] == "hedge":  # input-dependent routing over described experts
-            lines += ["", f"## {m}: most upweighted expert per {group_by} (Table 6)", "",
-                      f"| {group_by} | expert | weight shift | description |", "|---|---|---|---|"]
-            for group, g in results[m]["by_group"].items():
-                k = g["most_upweighted_expert"]
-                lines.append(f"| {group} | E{k} | {g['routing_weight_shift'][k]:+.3f} | "
-                             f"{(g.get('most_upweighted_description') or '').replace('|', '/')} |")
+def curve_csv(results: dict[str, Any]) -> str:
+    """Fig. 8 for one head as CSV: ``n,accuracy,accuracy_std`` (mean over groups, mean and
+    std over seeds), one row per adaptation size."""
+    by_n = _variant(results)["by_n"]
+    lines = ["n,accuracy,accuracy_std"]
+    lines += [f"{n},{by_n[str(n)]['accuracy']:.6f},{by_n[str(n)]['accuracy_std']:.6f}"
+              for n in results["settings"]["sizes"]]
     return "\n".join(lines) + "\n"

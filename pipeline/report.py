@@ -5,27 +5,30 @@ so each can be tested on a hand-made dict; :func:`build_report` loads the files,
 figures next to the report (the folder is self-contained) and writes ``REPORT.md``.
 
 Where each table comes from (paths under the data directory; ``<exp>`` is a parameter,
-default in brackets):
+default in brackets; ``<variant>`` each of single, hyre, vanilla, micro, sparse):
 
-    Table 1          predictions/<exp>/{single,hyre,vanilla,micro,sparse}_metrics.json [categories]
-    Table 9          predictions/<exp>/sparse_metrics.json "per_category"; the single head's
+    Table 1          predictions/<exp>/<variant>/metrics.json                    [categories]
+    Table 9          predictions/<exp>/sparse/metrics.json "per_category"; the single head's
                      per-category accuracy (the deltas) from its "per_category" or, lacking
-                     that, predictions/<exp>/single.parquet                      [categories]
-    Table 10         predictions/<exp>/sparse_metrics.json "per_category" and "experts" [categories]
-    routing heatmaps plots/eval/<exp>/<variant>_{routing_by_category,expert_correlation}.png
-    Figure 2, 7      steer/<exp>/steering.json,
-                     plots/steer/<exp>/{flip_rate,undesired_flip_rate}.png       [attributes]
-    Table 4          predictions/<exp>/<variant>_metrics.json; description fidelity from
+                     that, predictions/<exp>/single/predictions.parquet          [categories]
+    Table 10         predictions/<exp>/sparse/metrics.json "per_category" and "experts" [categories]
+    routing heatmaps plots/eval/<exp>/<variant>/{routing_by_category,expert_correlation}.png
+    Figure 2, 7      steer/<exp>/{vanilla,micro,sparse}.json (sparse's holds the random
+                     baseline); the paired t-tests across attributes and the PNGs are made here
+                                                                                 [attributes]
+    Table 4          predictions/<exp>/<variant>/metrics.json; description fidelity from
                      interpret/<exp>/<variant>/experts.json when the metrics lack it [users]
     Table 11         interpret/<exp>/sparse/experts.json                         [users]
-    Table 5, 6, 12   personalize/<exp>/personalization.json                      [attributes]
-    Figure 8         personalize/<exp>/personalization.json "by_n",
-                     plots/personalize/<exp>/adaptation_size.png                 [attributes]
-    Table 13         personalize/<exp>/personalization.json                      [users]
+    Table 5, 6, 12   personalize/<exp>/<variant>/personalization.json            [attributes]
+    Figure 8         personalize/<exp>/<variant>/personalization.json "by_n" (PNG made here)
+    Table 13         personalize/<exp>/<variant>/personalization.json            [users]
     Table 8          grid/grid.csv (optional, written by `smoe grid`)
 
 These are the stages' full results; the DVC metrics files under metrics/ hold only the key
-numbers (what `dvc exp show` displays) and are not read here.
+numbers (what `dvc exp show` displays) and are not read here. Written into the report
+folder: ``REPORT.md``, ``figures/`` (the PNGs it links: copied, or drawn here for Fig. 2, 7
+and 8), ``personalization-<exp>.md`` (the personalization tables of each personalization
+experiment) and ``steering-<exp>.json`` (the paired t-tests).
 
 Numbers follow the paper: accuracies, purity, specialization, flip rates and personalization
 scores in percent with 2 decimals; entropies and correlations with 3 decimals; category
@@ -43,6 +46,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline import figures as F
+from pipeline import metrics as M
+from pipeline.errors import UserError
+
 # Row order and display names of the paper's tables; unknown variants follow, sorted.
 LABELS = {"single": "Single Reward", "hyre": "HyRe", "vanilla": "Vanilla MoE", "micro": "MiCRo",
           "random": "Random", "sparse": "Sparse MoE"}
@@ -56,7 +63,7 @@ VARIANTS = ("single", "hyre", "vanilla", "micro", "sparse")
 COLLAPSE_THRESHOLD = 0.5
 
 
-class ReportError(FileNotFoundError):
+class ReportError(UserError, FileNotFoundError):
     """A core input (the Table 1 experiment's metrics) is missing. A FileNotFoundError, so
     the CLI reports it in one line."""
 
@@ -209,7 +216,7 @@ def table11(experts: dict[str, Any]) -> str:
 
 
 def _weights(results: dict[str, Any], key: str) -> list[str]:
-    configured = (results.get("settings") or {}).get("steer_weights")
+    configured = (results.get("settings") or {}).get("weights")
     if configured:
         return [str(w) for w in configured]
     found = {w for m in _models(results) for w in results[m].get(key, {})}
@@ -243,6 +250,41 @@ def figure2_table(steering: dict[str, Any]) -> str:
 def figure7_table(steering: dict[str, Any]) -> str:
     """Figure 7 as a table: the undesired flip rate, averaged and per weight."""
     return _steering_table(steering, "undesired_flip_rate", "↓", t_test=False)
+
+
+def with_t_tests(steering: dict[str, Any]) -> dict[str, Any]:
+    """``steering`` (model -> its results, as merged from the per-variant steer files) with
+    each other model's paired t-test across attributes against the reference model
+    (``settings.reference``, the paper's sparse) added as ``t_test_vs_<reference>``
+    (:func:`pipeline.metrics.paired_t_test` on the per-attribute flip rates). Models without
+    per-attribute results keep what they have."""
+    reference = (steering.get("settings") or {}).get("reference", "sparse")
+    ref = (steering.get(reference) or {}).get("per_attribute")
+    out = {name: dict(r) if name != "settings" else r for name, r in steering.items()}
+    if ref is not None:
+        for name in _models(steering):
+            if name != reference and steering[name].get("per_attribute") is not None:
+                out[name]["t_test_vs_" + reference] = M.paired_t_test(ref, steering[name]["per_attribute"])
+    return out
+
+
+def t_tests(steering: dict[str, Any]) -> dict[str, Any]:
+    """The paired t-tests of :func:`with_t_tests`, for ``steering-<exp>.json``."""
+    reference = (steering.get("settings") or {}).get("reference", "sparse")
+    key = "t_test_vs_" + reference
+    return {"reference": reference, "t_tests": {m: steering[m][key] for m in _models(steering) if key in steering[m]}}
+
+
+def steering_figure(steering: dict[str, Any], key: str, path: Path) -> Path:
+    """Fig. 2 (``key`` flip_rate) or Fig. 7 (undesired_flip_rate): the rate against the
+    target expert's weight w, one line per model."""
+    weights = _weights(steering, key + "_by_weight")
+    series = {label(m): [steering[m].get(key + "_by_weight", {}).get(w, math.nan) for w in weights]
+              for m in _models(steering)}
+    title = ("Flip rate vs target-expert weight (Fig. 2)" if key == "flip_rate"
+             else "Undesired flip rate vs target-expert weight (Fig. 7)")
+    return F.line_plot([float(w) for w in weights], series, title, path, xlabel="target expert weight w",
+                       ylabel=key.replace("_", " "), ylim=(0, 1))
 
 
 def _adapted(name: str, r: dict[str, Any]) -> bool:
@@ -309,11 +351,29 @@ def table6(personalization: dict[str, Any], variant: str = "sparse", group_label
 
 def figure8_table(personalization: dict[str, Any]) -> str:
     """Figure 8 as a table: accuracy after adaptation (change) per adaptation-set size n."""
-    sizes = (personalization.get("settings") or {}).get("sizes")
-    models = _models(personalization)
-    sizes = [str(n) for n in sizes] if sizes else sorted({n for m in models for n in personalization[m].get("by_n", {})}, key=int)
+    sizes, models = _sizes(personalization), _models(personalization)
     rows = [[label(m)] + [_score(m, personalization[m].get("by_n", {}).get(n)) for n in sizes] for m in models]
     return markdown_table(["Method"] + [f"n = {n}" for n in sizes], rows)
+
+
+def _sizes(personalization: dict[str, Any]) -> list[str]:
+    sizes = (personalization.get("settings") or {}).get("sizes")
+    if sizes:
+        return [str(n) for n in sizes]
+    return sorted({n for m in _models(personalization) for n in personalization[m].get("by_n", {})}, key=int)
+
+
+def figure8(personalization: dict[str, Any], group: str, path: Path) -> Path:
+    """Fig. 8: accuracy after adaptation against the adaptation-set size n, one line per
+    model, with the std over seeds as error bars."""
+    sizes, models = _sizes(personalization), _models(personalization)
+    by_n = {m: personalization[m].get("by_n", {}) for m in models}
+    return F.line_plot([int(n) for n in sizes],
+                       {label(m): [by_n[m].get(n, {}).get("accuracy", math.nan) for n in sizes] for m in models},
+                       f"Accuracy after adaptation vs n (Fig. 8), by {group}", path,
+                       xlabel="adaptation pairs n", ylabel="accuracy (eval pairs)",
+                       errors={label(m): [by_n[m].get(n, {}).get("accuracy_std", math.nan) for n in sizes]
+                               for m in models})
 
 
 GRID_COLUMNS = ("accuracy", "routing_entropy", "global_entropy", "expert_correlation", "expert_purity",
@@ -385,8 +445,23 @@ def single_accuracy_by_category(predictions: Path) -> dict[str, dict[str, float]
     return {c: {"accuracy": right / n} for c, (right, n) in totals.items()} or None
 
 
+def merge_variants(files: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """One results dict (model -> results, plus ``settings``) from the per-variant files of
+    a stage (each ``{variant: ..., [other models: ...,] "settings": {..., "variant": v}}``),
+    and whether their settings disagree (apart from the variant itself): then the variants
+    were not run on the same setup and their comparison is not paired."""
+    merged: dict[str, Any] = {}
+    settings = []
+    for content in files.values():
+        settings.append({k: v for k, v in (content.get("settings") or {}).items() if k != "variant"})
+        merged.update({m: r for m, r in content.items() if m != "settings"})
+    if settings:
+        merged["settings"] = settings[0]
+    return merged, any(s != settings[0] for s in settings[1:])
+
+
 class _Builder:
-    """Collects the report's markdown and copies its figures."""
+    """Collects the report's markdown and its figures."""
 
     def __init__(self, data_dir: Path, out_dir: Path):
         self.data_dir, self.out_dir = data_dir, out_dir
@@ -402,6 +477,17 @@ class _Builder:
     def json(self, rel: str) -> dict[str, Any] | None:
         return _read_json(self.data_dir / rel)
 
+    def variants(self, pattern: str, variants: tuple[str, ...]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """``pattern`` (with ``{v}``) read for each variant: (found by variant, missing path by variant)."""
+        found, absent = {}, {}
+        for v in variants:
+            content = self.json(pattern.format(v=v))
+            if content is None:
+                absent[v] = pattern.format(v=v)
+            else:
+                found[v] = content
+        return found, absent
+
     def figure(self, rel: str, caption: str, how: str) -> str:
         """Copy ``rel`` into the report folder and return its image link (relative to
         REPORT.md), or the note naming the missing file."""
@@ -413,45 +499,99 @@ class _Builder:
         shutil.copyfile(source, self.figures / name)
         return f"![{caption}](figures/{name})"
 
+    def plot(self, name: str, caption: str, draw: Callable[[Path], Path]) -> str:
+        """Draw a figure into the report folder (``draw(path)``) and return its image link."""
+        self.figures.mkdir(parents=True, exist_ok=True)
+        draw(self.figures / name)
+        return f"![{caption}](figures/{name})"
+
     def table(self, title: str, render: Callable[[], str], caption: str | None = None, level: int = 3) -> None:
-        self.add(f"{'#' * level} {title}", render() + ("\n\n" + f"*{caption}*" if caption else ""))
+        self.add(self.render_table(title, render, caption, level))
+
+    @staticmethod
+    def render_table(title: str, render: Callable[[], str], caption: str | None = None, level: int = 3) -> str:
+        return f"{'#' * level} {title}\n\n" + render() + ("\n\n" + f"*{caption}*" if caption else "")
 
 
-def _load_metrics(b: _Builder, experiment: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    metrics, absent = {}, []
-    for v in VARIANTS:
-        m = b.json(f"predictions/{experiment}/{v}_metrics.json")
-        if m is None:
-            absent.append(f"predictions/{experiment}/{v}_metrics.json")
-        else:
-            metrics[v] = m
-    return metrics, absent
+def _load_metrics(b: _Builder, experiment: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    return b.variants(f"predictions/{experiment}/{{v}}/metrics.json", VARIANTS)
 
 
-def _absent_note(b: _Builder, absent: list[str], how: str) -> list[str]:
-    return [b.missing(rel, how) for rel in absent]
+def _absent_note(b: _Builder, absent: dict[str, str], how: str) -> list[str]:
+    """A note per missing per-variant file; ``how`` (with ``{v}``) says how to make it."""
+    return [b.missing(rel, how.format(v=v)) for v, rel in absent.items()]
+
+
+def _mismatch_note(stage: str, experiment: str) -> str:
+    return (f"> **Note:** the `{stage}` results of `{experiment}` were made with different settings per variant "
+            f"(see each file's `settings`); rerun `{stage}` for every variant to compare them on the same setup.")
 
 
 def _heatmaps(b: _Builder, experiment: str, metrics: dict[str, dict[str, Any]]) -> None:
-    how = f"run `smoe evaluate {experiment}`"
     for v in ordered(v for v in metrics if v in ROUTED):
+        how = f"run `smoe evaluate {experiment} {v}`"
         links = []
         if metrics[v].get("per_category"):  # the category heatmap exists only with categories
-            links.append(b.figure(f"plots/eval/{experiment}/{v}_routing_by_category.png",
+            links.append(b.figure(f"plots/eval/{experiment}/{v}/routing_by_category.png",
                                   f"{label(v)}: mean routing weight by category", how))
-        links.append(b.figure(f"plots/eval/{experiment}/{v}_expert_correlation.png",
+        links.append(b.figure(f"plots/eval/{experiment}/{v}/expert_correlation.png",
                               f"{label(v)}: correlation of expert margins", how))
         b.add(f"**{label(v)}**", "\n".join(links))
+
+
+def _personalization(b: _Builder, experiment: str, group: str, variant: str) -> tuple[list[str], list[str]]:
+    """The personalization section of one experiment: (the blocks REPORT.md shows: the
+    paper's selection, Tables 5, 6, 12 by attribute or 13 by user, and Fig. 8; the blocks
+    of ``personalization-<exp>.md``: every table, Table 6 for every adapted MoE head)."""
+    how = f"run `smoe personalize {experiment} {{v}}`"
+    files, absent = b.variants(f"personalize/{experiment}/{{v}}/personalization.json", VARIANTS)
+    notes = _absent_note(b, absent, how)
+    if not files:
+        return notes, notes
+    results, mismatched = merge_variants(files)
+    if mismatched:
+        notes.append(_mismatch_note("personalize", experiment))
+    settings = results.get("settings") or {}
+    setup = (f"Adapted on n = {(settings.get('sizes') or ['?'])[-1]} pairs per {group}, "
+             f"mean over seeds {settings.get('seeds', '?')}")
+    change = f"{setup}; in parentheses: the change against the same model before adaptation."
+    g_label = group.capitalize()
+    t = _Builder.render_table
+    overall = t(f"Table 5: {group}-level personalization (overall)", lambda: table5(results),
+                f"{setup} and over {group}s; ± is the std over seeds.", level=4)
+    per_group = (t(f"Table 12: personalization per {group}", lambda: table12(results, g_label), change, level=4)
+                 if group == "attribute" else
+                 t(f"Table 13: personalization per {group}", lambda: table13(results), change, level=4))
+    by_size = t("Figure 8: accuracy against adaptation-set size", lambda: figure8_table(results),
+                f"Mean over {group}s and seeds; in parentheses: the change against the model before adaptation.", level=4)
+    for m in _models(results):  # Table 6's descriptions: interpret's, joined here (personalize never reads them)
+        experts = (b.json(f"interpret/{experiment}/{m}/experts.json") or {}).get("experts", [])
+        descriptions = {int(e["id"]): str(e["description"]) for e in experts if "id" in e and "description" in e}
+        for row in results[m].get("by_group", {}).values():
+            k = row.get("most_upweighted_expert")
+            row.setdefault("most_upweighted_description", descriptions.get(k) if k is not None else None)
+    upweighted = {m: t(f"Table 6: most upweighted expert of {label(m)} per {group}", lambda m=m: table6(results, m, g_label),
+                       "The expert whose mean routing weight on the evaluation pairs rose most after adaptation.", level=4)
+                  for m in _models(results) if results[m].get("method") == "hedge"}
+    image = b.plot(f"personalize-{experiment}-adaptation_size.png", f"accuracy against adaptation-set size, by {group}",
+                   lambda path: figure8(results, group, path))
+    if group == "attribute":
+        shown = [overall] + ([upweighted[variant]] if variant in upweighted else []) + [per_group, by_size]
+    else:
+        shown = [per_group, by_size]
+    return notes + shown + [image], notes + [overall, per_group, *upweighted.values(), by_size, image]
 
 
 def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "categories",
                  interpret_experiment: str = "users", steer_experiment: str = "attributes",
                  attribute_experiment: str = "attributes", user_experiment: str = "users",
                  variant: str = "sparse", grid_csv: Path | None = None) -> Path:
-    """Write ``out_dir/REPORT.md`` and copy its PNGs into ``out_dir/figures``; returns the
+    """Write ``out_dir/REPORT.md``, its PNGs into ``out_dir/figures`` (copied, or drawn here:
+    Fig. 2, 7, 8 across variants), ``out_dir/personalization-<exp>.md`` per personalization
+    experiment and ``out_dir/steering-<exp>.json`` (the paired t-tests); returns the
     report's path. ``variant`` is the model of Tables 6, 9, 10 and 11 (the paper: sparse).
     Absent optional inputs become a note naming the file; a missing Table 1 experiment
-    (no metrics at all) raises :class:`ReportError`."""
+    (no metrics at all) raises :class:`ReportError` before anything is written."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     grid_csv = Path(grid_csv) if grid_csv is not None else data_dir / "grid" / "grid.csv"
     b = _Builder(data_dir, out_dir)
@@ -459,7 +599,7 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
     categories, absent = _load_metrics(b, category_experiment)
     if not categories:
         raise ReportError(f"no metrics under {data_dir / 'predictions' / category_experiment}: expected "
-                          f"{', '.join(v + '_metrics.json' for v in VARIANTS)}; run `smoe evaluate {category_experiment}` first")
+                          f"{', '.join(v + '/metrics.json' for v in VARIANTS)}; run `smoe evaluate {category_experiment} <variant>` first")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     b.add("# Sparse MoE reward models: results",
@@ -470,7 +610,7 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
           "coverage and description fidelity; \"-\" marks a metric that does not apply or was not measured.")
 
     # ---- §5.1 category recovery
-    b.add(f"## 1. Category recovery (`{category_experiment}`)", *_absent_note(b, absent, f"run `smoe evaluate {category_experiment}`"))
+    b.add(f"## 1. Category recovery (`{category_experiment}`)", *_absent_note(b, absent, f"run `smoe evaluate {category_experiment} {{v}}`"))
     b.table("Table 1: model behaviour and interpretability", lambda: table1(categories),
             "Expert purity and specialization are on each expert's assigned category (the majority category of its "
             "top validation examples).")
@@ -478,13 +618,13 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
     _heatmaps(b, category_experiment, categories)
     chosen = categories.get(variant)
     if chosen is None or not chosen.get("per_category"):
-        b.add("### Tables 9 and 10", b.missing(f"predictions/{category_experiment}/{variant}_metrics.json", "with per-category metrics; "
-                                                f"run `smoe evaluate {category_experiment}` on data with categories"))
+        b.add("### Tables 9 and 10", b.missing(f"predictions/{category_experiment}/{variant}/metrics.json", "with per-category metrics; "
+                                                f"run `smoe evaluate {category_experiment} {variant}` on data with categories"))
     else:
         single = dict(categories.get("single") or {})
         if not single.get("per_category"):  # the single head's metrics carry no per-category table
             single["per_category"] = single_accuracy_by_category(
-                data_dir / "predictions" / category_experiment / "single.parquet") or {}
+                data_dir / "predictions" / category_experiment / "single" / "predictions.parquet") or {}
         b.table(f"Table 9: category-level results of {label(variant)}", lambda: table9(chosen, single),
                 "In parentheses: the change in accuracy against the single-head reward model." +
                 ("" if single["per_category"] else " (Per category unavailable: no single-head predictions.)"))
@@ -494,18 +634,24 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
 
     # ---- §5.2 attribute steering
     b.add(f"## 2. Attribute steering (`{steer_experiment}`)")
-    steering = b.json(f"steer/{steer_experiment}/steering.json")
-    how = f"run `smoe steer {steer_experiment}`"
-    if steering is None:
-        b.add(b.missing(f"steer/{steer_experiment}/steering.json", how))
-    else:
+    files, absent = b.variants(f"steer/{steer_experiment}/{{v}}.json", ROUTED)
+    b.add(*_absent_note(b, absent, f"run `smoe steer {steer_experiment} {{v}}`"))
+    if files:
+        merged, mismatched = merge_variants(files)
+        if mismatched:
+            b.add(_mismatch_note("steer", steer_experiment))
+        steering = with_t_tests(merged)
+        (out_dir / f"steering-{steer_experiment}.json").write_text(
+            json.dumps(t_tests(steering), indent=2, sort_keys=True) + "\n")
         b.table("Figure 2: flip rate", lambda: figure2_table(steering),
                 "Flip rate: the share of pairs wrong with the target expert removed that setting its weight to w "
-                "makes right, averaged over attributes; the t-test is paired across attributes.")
-        b.add(b.figure(f"plots/steer/{steer_experiment}/flip_rate.png", "Figure 2: flip rate against w", how))
+                "makes right, averaged over attributes (Eq. 16); the t-test is paired across attributes.")
+        b.add(b.plot(f"steer-{steer_experiment}-flip_rate.png", "Figure 2: flip rate against w",
+                     lambda path: steering_figure(steering, "flip_rate", path)))
         b.table("Figure 7: undesired flip rate", lambda: figure7_table(steering),
                 "The share of pairs right with the target expert removed that steering makes wrong (lower is better).")
-        b.add(b.figure(f"plots/steer/{steer_experiment}/undesired_flip_rate.png", "Figure 7: undesired flip rate against w", how))
+        b.add(b.plot(f"steer-{steer_experiment}-undesired_flip_rate.png", "Figure 7: undesired flip rate against w",
+                     lambda path: steering_figure(steering, "undesired_flip_rate", path)))
 
     # ---- §6.1 interpretability
     b.add(f"## 3. Interpretability (`{interpret_experiment}`)")
@@ -513,7 +659,7 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
         interp = categories
     else:
         interp, absent = _load_metrics(b, interpret_experiment)
-        b.add(*_absent_note(b, absent, f"run `smoe evaluate {interpret_experiment}`"))
+        b.add(*_absent_note(b, absent, f"run `smoe evaluate {interpret_experiment} {{v}}`"))
     experts = {v: b.json(f"interpret/{interpret_experiment}/{v}/experts.json") for v in ROUTED}
     if interp:
         # evaluate merges description fidelity from interpret; fill it in if it ran before interpret did
@@ -526,7 +672,7 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
                 ("on each expert's assigned category." if kind == "category" else
                  "each expert's accuracy on its top 10% test examples minus all experts' mean there."))
     if experts.get(variant) is None:
-        b.add(b.missing(f"interpret/{interpret_experiment}/{variant}/experts.json", f"run `smoe interpret {interpret_experiment}`"))
+        b.add(b.missing(f"interpret/{interpret_experiment}/{variant}/experts.json", f"run `smoe interpret {interpret_experiment} {variant}`"))
     else:
         e = experts[variant]
         b.table(f"Table 11: the experts of {label(variant)}", lambda: table11(e),
@@ -538,34 +684,11 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
 
     # ---- §6.2 personalization
     b.add("## 4. Personalization")
-    for experiment, group, tables in ((attribute_experiment, "attribute", "5, 6, 12 and Figure 8"),
-                                      (user_experiment, "user", "13")):
-        how = f"run `smoe personalize {experiment} --group-by {group}`"
-        results = b.json(f"personalize/{experiment}/personalization.json")
-        b.add(f"### By {group} (`{experiment}`)")
-        if results is None:
-            b.add(b.missing(f"personalize/{experiment}/personalization.json", f"Table {tables}; {how}"))
-            continue
-        settings = results.get("settings") or {}
-        setup = (f"Adapted on n = {(settings.get('sizes') or ['?'])[-1]} pairs per {group}, "
-                 f"mean over seeds {settings.get('seeds', '?')}")
-        change = f"{setup}; in parentheses: the change against the same model before adaptation."
-        g_label = group.capitalize()
-        if group == "attribute":
-            b.table("Table 5: attribute-level personalization (overall)", lambda: table5(results),
-                    f"{setup} and over {group}s; ± is the std over seeds.", level=4)
-            if variant in results:
-                b.table(f"Table 6: most upweighted expert of {label(variant)} per {group}",
-                        lambda: table6(results, variant, g_label),
-                        "The expert whose mean routing weight on the evaluation pairs rose most after adaptation.", level=4)
-            b.table(f"Table 12: personalization per {group}", lambda: table12(results, g_label), change, level=4)
-            b.table("Figure 8: accuracy against adaptation-set size", lambda: figure8_table(results),
-                    f"Mean over {group}s and seeds; in parentheses: the change against the model before adaptation.", level=4)
-        else:
-            b.table(f"Table 13: personalization per {group}", lambda: table13(results), change, level=4)
-            b.table("Accuracy against adaptation-set size", lambda: figure8_table(results), level=4)
-        b.add(b.figure(f"plots/personalize/{experiment}/adaptation_size.png",
-                       f"accuracy against adaptation-set size, by {group}", how))
+    for experiment, group in ((attribute_experiment, "attribute"), (user_experiment, "user")):
+        shown, everything = _personalization(b, experiment, group, variant)
+        b.add(f"### By {group} (`{experiment}`)", *shown)
+        (out_dir / f"personalization-{experiment}.md").write_text(
+            "\n\n".join([f"# Personalization by {group} (`{experiment}`)", *everything]) + "\n")
 
     # ---- App. C ablation grid
     b.add("## 5. Ablation of the regularization weights")

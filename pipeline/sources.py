@@ -49,6 +49,7 @@ import numpy as np
 
 from pipeline.pairs import METADATA_COLUMNS, SPLITS, SchemaError, as_messages, pair_id, require_columns
 from pipeline.pairs import row_problem  # the exact test finalize() applies, so caps count usable pairs
+from pipeline.errors import UserError
 
 # --------------------------------------------------------------------------------------
 # Constants
@@ -101,7 +102,7 @@ PERSONALLLM_USERS = 5
 PERSONALLLM_ALPHA = 0.3
 
 
-class SourceUnavailableError(ConnectionError):
+class SourceUnavailableError(UserError, ConnectionError):
     """The Hugging Face hub could not be reached for a hub-id source."""
 
 

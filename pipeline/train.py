@@ -1,7 +1,7 @@
 """Training the reward heads from the feature cache (paper §4, App. A "Training Details").
 
 The backbone never runs here: inputs are the cached prompt and response states, streamed
-from disk by ``pipeline/pair_states.py``. One call of :func:`train_variant` trains one of
+from disk by ``pipeline/split_store.py``. One call of :func:`train_variant` trains one of
 
     single   one linear head, Bradley-Terry
     vanilla  MoE, Eq. 3 alone (all lambda = 0)
@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline import losses, metrics
 from pipeline.cache import FeatureCache
-from pipeline.models import HeadConfig, RewardHead
-from pipeline.pair_states import PairStates
+from pipeline.models import VARIANTS, HeadConfig, RewardHead, predict
+from pipeline.progress import progress
+from pipeline.split_store import SplitStore
+from pipeline.errors import UserError
 
-VARIANTS = ("single", "vanilla", "micro", "sparse", "hyre")
 
 
 @dataclass
@@ -90,9 +90,11 @@ def make_variant(name: str, *, hidden_size: int, num_experts: int, lambdas: dict
     if name == "hyre":
         return Variant(name, HeadConfig(kind="hyre", **{**head, "num_experts": config.hyre_heads}),
                        Objective(ensemble=True))
-    objective = {"vanilla": Objective(), "micro": Objective(micro_alpha=config.micro_alpha),
-                 "sparse": Objective(lambda_ls=lambdas["lambda_ls"], lambda_gb=lambdas["lambda_gb"],
-                                     lambda_div=lambdas["lambda_div"])}[name]
+    if name == "sparse":  # the only variant that reads the lambdas (Eq. 7)
+        objective = Objective(lambda_ls=lambdas["lambda_ls"], lambda_gb=lambdas["lambda_gb"],
+                              lambda_div=lambdas["lambda_div"])
+    else:
+        objective = Objective(micro_alpha=config.micro_alpha) if name == "micro" else Objective()
     return Variant(name, HeadConfig(kind="moe", **head), objective)
 
 
@@ -109,21 +111,8 @@ def batch_loss(head: RewardHead, objective: Objective, prompt: torch.Tensor, cho
     return loss, {"loss": loss.detach(), **terms}
 
 
-@torch.no_grad()
-def predict(head: RewardHead, states: PairStates, batch_size: int = 1024,
-            device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(routing weights [N, K], expert margins [N, K]) for every pair, in ``states.pair_ids`` order."""
-    head.eval()
-    weights = np.zeros((len(states), head.num_experts))
-    margins = np.zeros((len(states), head.num_experts))
-    for batch in states.batches(batch_size, block_pairs=batch_size * 8, device=device):
-        log_w, m = head.pair_outputs(batch.prompt, batch.chosen, batch.rejected)
-        weights[batch.rows] = log_w.exp().double().cpu().numpy()
-        margins[batch.rows] = m.double().cpu().numpy()
-    return weights, margins
-
-
-def evaluate(head: RewardHead, states: PairStates, device: str = "cpu") -> dict[str, float]:
+def validation_metrics(head: RewardHead, states: SplitStore, device: str = "cpu") -> dict[str, float]:
+    """The behaviour metrics (accuracy, Eq. 4-6) logged after every epoch."""
     return metrics.behaviour_metrics(*predict(head, states, device=device))
 
 
@@ -134,7 +123,7 @@ def _param_groups(head: RewardHead, config: TrainConfig) -> list[dict[str, Any]]
     return groups
 
 
-def train_variant(variant: Variant, train: PairStates, validation: PairStates, config: TrainConfig,
+def train_variant(variant: Variant, train: SplitStore, validation: SplitStore, config: TrainConfig,
                   *, show_progress: bool = True) -> tuple[RewardHead, dict[str, list[dict[str, float]]]]:
     """Train one variant. Returns the head (eval mode) and its curves:
     ``{"train": [{"step", <loss terms>}...], "validation": [{"step", "epoch", <metrics>}...]}``."""
@@ -150,7 +139,7 @@ def train_variant(variant: Variant, train: PairStates, validation: PairStates, c
     # Linear warmup to the base rates, then constant ("5% warmup steps", App. A).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     curves: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
-    bar = tqdm(total=total, desc=f"train {variant.name}", unit="step", disable=not show_progress)
+    bar = progress(total, f"train {variant.name}", "step", enabled=show_progress)
     step = 0
     for epoch in range(1, config.epochs + 1):
         head.train()
@@ -175,7 +164,7 @@ def train_variant(variant: Variant, train: PairStates, validation: PairStates, c
                 raise FloatingPointError(f"{variant.name}: the loss became {row[0]} at step {first + i} "
                                          f"(terms {dict(zip(names, row))})")
             curves["train"].append({"step": first + i, **dict(zip(names, row))})
-        val = evaluate(head, validation, config.device)
+        val = validation_metrics(head, validation, config.device)
         curves["validation"].append({"step": step, "epoch": epoch, **val})
         bar.write(f"{variant.name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
     bar.close()
@@ -199,7 +188,7 @@ def write_curves(curves: dict[str, list[dict[str, float]]], directory: str | Pat
                 writer.writerows([r["step"], f"{r[name]:.6g}"] for r in rows)
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError, ValueError):
     pass
 
 
@@ -218,8 +207,8 @@ def train_experiment(cache: FeatureCache, models_dir: str | Path, curves_dir: st
                      show_progress: bool = True) -> dict[str, dict[str, float]]:
     """Train every variant on one cache. Writes ``<models_dir>/<variant>/`` (model.safetensors,
     config.json) and ``<curves_dir>/<variant>/``; returns each variant's last validation metrics."""
-    train = PairStates.build(cache, "train", scratch, seed=config.seed, show_progress=show_progress)
-    validation = PairStates.build(cache, "validation", scratch, seed=config.seed, show_progress=show_progress)
+    train = SplitStore.build(cache, "train", scratch, seed=config.seed, show_progress=show_progress)
+    validation = SplitStore.build(cache, "validation", scratch, seed=config.seed, show_progress=show_progress)
     provenance = {"backbone": cache.manifest["backbone"], "template_hash": cache.manifest["template_hash"]}
     summary = {}
     for name in variants:

@@ -7,11 +7,12 @@ from pathlib import Path
 import typer
 
 from pipeline.adaptation import AdaptConfig
-from pipeline.personal import (adapt_model, check_output_dir, default_descriptions_path,
+from pipeline.user_prefs import (adapt_model, check_output_dir, default_descriptions_path,
                                read_preference_file, save_adapted)
 from pipeline.personalize import load_descriptions
+from pipeline import backbone as bb
 from pipeline.reward_model import RewardModel
-from stages import params as P
+from stages import common as P
 
 DEFAULTS = AdaptConfig()
 
@@ -31,7 +32,7 @@ def main(
                                            "data/models/<exp>/<variant>, if it exists."),
     min_pairs: int = typer.Option(5, min=1, help="Refuse files with fewer labelled pairs than this."),
     backbone: str = typer.Option("data/backbone", help="Backbone folder or hub id the head was trained on."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params",
+    params_file: Path = typer.Option(P.PARAMS, "--params",
                                      help="Params whose `backbone` block (system prompt, template date) featurize used."),
     tau: float = typer.Option(DEFAULTS.tau, help="Hedge temperature (MoE heads): smaller = targets closer to "
                                                  "each pair's best expert."),
@@ -74,7 +75,10 @@ def main(
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise typer.BadParameter(f"{descriptions_file}: not a valid experts.json ({type(e).__name__}: {e})") from None
 
-    backbone_config = P.backbone_config(P.load(params_file), backbone) if params_file.exists() else None
+    backbone_config = None
+    if params_file.exists():  # the formatting options featurize used (system prompt, template date...)
+        backbone_config = P.build(bb.BackboneConfig, P.section(P.load(params_file), "backbone"), "backbone",
+                        ignore=("source",), model=backbone)
     rm = RewardModel.load(model, backbone_config or backbone)
     head, report = adapt_model(rm, pairs, config, descriptions=texts)
     report = {"model": str(model), "examples": str(examples),
@@ -86,3 +90,7 @@ def main(
                f"training-set accuracy {report['training_accuracy_before']:.1%} -> "
                f"{report['training_accuracy_after']:.1%}; most upweighted: E{top['id']} ({top['shift']:+.3f})"
                + (f" {top['description']}" if top.get("description") else ""))
+
+
+if __name__ == "__main__":
+    P.run(main)

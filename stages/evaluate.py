@@ -1,52 +1,72 @@
-"""Stage `evaluate`: data/models/<experiment> + its cache -> data/metrics/<experiment>/<variant>.json (key
-numbers, what DVC tracks) + data/predictions/<experiment>/ (every metric, per-pair predictions, examples)."""
+"""Stage `evaluate`: one head + its cache -> data/metrics/<experiment>/<variant>.json (key numbers, what
+DVC tracks) + data/predictions/<experiment>/<variant>/ (every metric, per-pair predictions, sample routings)
++ data/plots/eval/<experiment>/<variant>/ (routing heatmap, expert correlation)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import typer
 
 from pipeline.cache import FeatureCache
-from pipeline.evaluate import evaluate_experiment
+from pipeline.evaluate import evaluate_variant
+from pipeline.models import VARIANTS
 from pipeline.pairs import prompt_texts
-from pipeline.train import VARIANTS
-from stages import params as P
+from stages import common as P
+
+KEYS = ("accuracy", "routing_entropy", "global_entropy", "expert_correlation")
 
 
 def main(
     experiment: str = typer.Argument(..., help="Experiment name: a key under `experiments` in params.yaml."),
-    variants: list[str] = typer.Option(list(VARIANTS), "--variant", "-v", help="Variants to evaluate (repeatable)."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+    variant: str = typer.Argument(..., help=f"Variant to evaluate: one of {', '.join(VARIANTS)}."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
     features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
-    models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
-    metrics_dir: Path = typer.Option(None, "--metrics", help="Key metrics per variant (the DVC metrics files). "
-                                                             "Default: data/metrics/<experiment>."),
-    predictions: Path = typer.Option(None, help="Per-pair predictions and every metric (<variant>_metrics.json). "
-                                                "Default: data/predictions/<experiment>."),
+    model: Path = typer.Option(None, help="Trained head. Default: data/models/<experiment>/<variant>."),
+    metrics_path: Path = typer.Option(None, "--metrics", help="Key metrics (the DVC metrics file). "
+                                                              "Default: data/metrics/<experiment>/<variant>.json."),
+    predictions: Path = typer.Option(None, help="Every metric (metrics.json), per-pair predictions and sample "
+                                                "routings. Default: data/predictions/<experiment>/<variant>."),
     prepared: Path = typer.Option(None, help="Prepared pairs (prompt text for the examples). Default: data/prepared/<dataset>."),
-    figures_dir: Path = typer.Option(None, "--figures", help="PNG figures. Default: data/plots/eval/<experiment>."),
-    interpret_dir: Path = typer.Option(None, "--interpret", help="Where `smoe interpret` wrote experts.json (description "
-                                                                 "fidelity is merged from there). Default: data/interpret/<experiment>."),
+    figures_dir: Path = typer.Option(None, "--figures", help="PNG figures. Default: data/plots/eval/<experiment>/<variant>."),
 ) -> None:
-    """Score each trained variant on the test split: accuracy, routing entropy (Eq. 4),
+    """Score one trained variant on the test split: accuracy, routing entropy (Eq. 4),
     global entropy (Eq. 5), expert correlation (Eq. 6), and where the data has categories,
     category coverage (Eq. 8), expert purity (Eq. 9-10) and specialization (Eq. 11-13) with
     per-category tables. Also a per-pair Parquet dump, sample routings and figures."""
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
     pairs_path = (prepared or Path("data/prepared") / spec["dataset"]) / "pairs.parquet"
     prompts = prompt_texts(pairs_path) if pairs_path.exists() else None
-    with tempfile.TemporaryDirectory(prefix="smoe-eval-") as scratch:
-        results = evaluate_experiment(
-            cache, models or Path("data/models") / experiment, variants,
-            metrics_dir=metrics_dir or Path("data/metrics") / experiment,
-            predictions_dir=predictions or Path("data/predictions") / experiment, scratch=scratch,
-            figures_dir=figures_dir or Path("data/plots/eval") / experiment, prompts=prompts,
-            interpret_dir=interpret_dir or Path("data/interpret") / experiment,
-            extra={"experiment": experiment, "dataset": spec["dataset"]})
-    keys = ("accuracy", "routing_entropy", "global_entropy", "expert_correlation")
-    typer.echo(json.dumps({v: {k: round(r[k], 4) for k in keys} for v, r in results.items()}, indent=1))
+    predictions = predictions or Path("data/predictions") / experiment / variant
+    figures_dir = figures_dir or Path("data/plots/eval") / experiment / variant
+    # Folders are written beside their targets and swapped in at the end: a failed run
+    # leaves the previous outputs (or none), never a half-written mix.
+    predictions.parent.mkdir(parents=True, exist_ok=True)
+    figures_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage_pred = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=predictions.parent))
+    stage_fig = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=figures_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="smoe-eval-") as scratch:
+            result = evaluate_variant(
+                cache, model or Path("data/models") / experiment / variant, variant,
+                metrics_path=metrics_path or Path("data/metrics") / experiment / f"{variant}.json",
+                predictions_dir=stage_pred, scratch=scratch, figures_dir=stage_fig, prompts=prompts,
+                extra={"experiment": experiment, "dataset": spec["dataset"]})
+        for src, dst in ((stage_pred, predictions), (stage_fig, figures_dir)):
+            shutil.rmtree(dst, ignore_errors=True)
+            src.rename(dst)
+    finally:
+        shutil.rmtree(stage_pred, ignore_errors=True)
+        shutil.rmtree(stage_fig, ignore_errors=True)
+    typer.echo(json.dumps({variant: {k: round(result[k], 4) for k in KEYS}}, indent=1))
+
+
+if __name__ == "__main__":
+    P.run(main)

@@ -10,7 +10,8 @@ import typer
 
 from pipeline import backbone as bb
 from pipeline.featurize import featurize
-from stages import params as P
+from pipeline.featurize import FeaturizeConfig
+from stages import common as P
 
 
 def main(
@@ -18,15 +19,16 @@ def main(
     backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder, hub id or path."),
     prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<dataset>."),
     out: Path = typer.Option(None, help="Cache folder. Default: data/features/<dataset>."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (backbone, featurize)."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (backbone, featurize)."),
+    progress: bool = typer.Option(True, help="Report progress (bars on a terminal, periodic lines in a log)."),
 ) -> None:
     """Run the frozen backbone once per unique sequence and write Parquet shards plus a
     manifest. Resumable: rerun after a crash and finished shards are kept. Scale out
     with `torchrun --nproc-per-node N $(which smoe) featurize ...`."""
     params = P.load(params_file)
-    backbone = bb.load(P.backbone_config(params, backbone_dir))
-    config = P.featurize_config(params)
+    backbone = bb.load(P.build(bb.BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",),
+                                model=backbone_dir))
+    config = P.build(FeaturizeConfig, P.section(params, "featurize"), "featurize")
     start = time.perf_counter()
     manifest = featurize(prepared or Path("data/prepared") / dataset, out or Path("data/features") / dataset,
                          backbone, config, dataset=dataset, show_progress=progress)
@@ -36,3 +38,7 @@ def main(
         summary["truncated"] = manifest["truncated"]["count"]
         summary["seconds"] = round(time.perf_counter() - start, 1)
         typer.echo(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    P.run(main)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.grid import METRICS, GridError, dvc_exp_show, grid_heatmap, grid_table, load_points, write_grid_csv
+from tooling.grid import METRICS, GridError, dvc_exp_show, grid_heatmap, grid_table, load_points, write_grid_csv
 
 HEATMAP_METRICS = ("accuracy", "expert_purity", "expert_specialization", "routing_entropy")
 

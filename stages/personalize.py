@@ -1,57 +1,107 @@
-"""Stage `personalize`: data/models/<experiment> + its cache -> data/personalize/<experiment>/ (every result in
-personalization.json, the tables, the adapted heads) + data/metrics/<experiment>/personalization.json (key
-numbers, what DVC tracks)."""
+"""Stage `personalize`: one head of an experiment + its cache -> data/personalize/<exp>/<variant>/
+(personalization.json: every result; the adapted heads), data/metrics/<exp>/personalize-<variant>.json
+(key numbers, what DVC tracks) and data/plots/personalize/<exp>/<variant>.csv (Fig. 8's curve)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from pipeline.adaptation import AdaptConfig
 from pipeline.cache import FeatureCache
-from pipeline.personalize import personalize_experiment
-from pipeline.train import VARIANTS
-from stages import params as P
+from pipeline.personalize import PersonalizeConfig, personalize_variant
+from stages import common as P
+
+# AdaptConfig.seed orders the pairs within an epoch; personalize sets it to each draw's seed.
+PER_DRAW = {"seed"}
+
+
+def configs(params: dict[str, Any]) -> tuple[PersonalizeConfig, AdaptConfig]:
+    """The ``personalize:`` block split between the experiment's settings
+    (:class:`PersonalizeConfig`) and the adaptation's (:class:`AdaptConfig`)."""
+    values = dict(params.get("personalize") or {})
+    own = {f.name for f in fields(PersonalizeConfig)}
+    adaptation = {f.name for f in fields(AdaptConfig)} - PER_DRAW
+    unknown = sorted(set(values) - own - adaptation)
+    if unknown:
+        raise typer.BadParameter(f"personalize: unknown key(s) {unknown}; known: {sorted(own | adaptation)}")
+    return (P.build(PersonalizeConfig, {k: v for k, v in values.items() if k in own}, "personalize"),
+            P.build(AdaptConfig, {k: v for k, v in values.items() if k in adaptation}, "personalize"))
 
 
 def main(
-    experiment: str = typer.Argument(..., help="Experiment name: a key under `experiments` in params.yaml."),
-    group_by: str = typer.Option(..., help="Pair column naming the group to personalize to: "
-                                           "attribute (attributes) or user (users)."),
-    variants: list[str] = typer.Option(list(VARIANTS), "--variant", "-v", help="Variants to adapt (repeatable)."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (reads `personalize:`)."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
-    models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
-    out: Path = typer.Option(None, help="Every result (per n, per group, settings). "
-                                        "Default: <adapted>/personalization.json."),
-    metrics_path: Path = typer.Option(None, "--metrics", help="Key numbers per model, the DVC metrics file. "
-                                                              "Default: data/metrics/<experiment>/personalization.json."),
-    adapted: Path = typer.Option(None, help="Adapted heads + tables. Default: data/personalize/<experiment>."),
-    figures_dir: Path = typer.Option(None, "--figures", help="Fig. 8 PNG + CSV. Default: data/plots/personalize/<experiment>."),
-    interpret_dir: Path = typer.Option(None, "--interpret", help="Expert descriptions (experts.json) for Table 6. "
-                                                                 "Default: data/interpret/<experiment>."),
+    experiment: str = typer.Argument(..., help="Experiment name (<exp> below): a key under `experiments` in params.yaml."),
+    variant: str = typer.Argument(..., help="Head to personalize: single, vanilla, micro, sparse or hyre."),
+    group_by: str = typer.Option(None, help="Pair column naming the group to personalize to (attribute, user). "
+                                            "Default: params experiments.<experiment>.group_by."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (reads `experiments.<experiment>` "
+                                                                "and the `personalize:` block)."),
+    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<the experiment's dataset>."),
+    model: Path = typer.Option(None, help="Trained head. Default: data/models/<exp>/<variant>."),
+    out: Path = typer.Option(None, help="personalization.json (every result: per n, per group, settings) and the "
+                                        "adapted heads, one folder per group. Replaced as a whole. "
+                                        "Default: data/personalize/<exp>/<variant>."),
+    metrics_path: Path = typer.Option(None, "--metrics", help="Key numbers, the DVC metrics file. "
+                                                              "Default: data/metrics/<exp>/personalize-<variant>.json."),
+    curve: Path = typer.Option(None, help="Accuracy per adaptation size (CSV, for `dvc plots`). "
+                                          "Default: data/plots/personalize/<exp>/<variant>.csv."),
 ) -> None:
-    """Test-time personalization (paper §6.2, App. G-H): per group (attribute or user),
-    adapt each trained head on n in {5, 10, 25, 50} of the group's pairs (3 seeds) -- Hedge
+    """Test-time personalization of one head (paper §6.2, App. G-H): per group (attribute
+    or user), adapt it on n in {5, 10, 25, 50} of the group's pairs (3 seeds) -- Hedge
     router adaptation for MoE heads, HyRe reweighting for the ensemble, nothing for the
-    single head -- and report accuracy and gain on held-out pairs of the same group."""
+    single head -- and report accuracy and gain on held-out pairs of the same group. The
+    split and the draws depend only on the data and the seeds: every head is adapted on
+    the same pairs. Tables 5, 6, 12, 13 and Fig. 8 over all heads are made by `report`."""
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
-    config, adapt_config = P.personalize_configs(params)
+    config, adapt_config = configs(params)
+    group_by = group_by or spec.get("group_by")
+    if not group_by:
+        raise typer.BadParameter(f"experiments.{experiment} has no group_by (the pair column to personalize to, "
+                                 f"e.g. user) and --group-by was not given")
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
-    adapted = adapted or Path("data/personalize") / experiment
-    for name in variants:  # no heads left over from groups that no longer exist; nothing else is touched
-        shutil.rmtree(adapted / name, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
-        results = personalize_experiment(
-            cache, models or Path("data/models") / experiment, variants, group_by, config=config,
-            adapt_config=adapt_config, out_path=out or adapted / "personalization.json",
-            metrics_path=metrics_path or Path("data/metrics") / experiment / "personalization.json",
-            adapted_dir=adapted, tables_path=adapted / "personalization.md",
-            figures_dir=figures_dir or Path("data/plots/personalize") / experiment,
-            interpret_dir=interpret_dir or Path("data/interpret") / experiment, scratch=scratch)
-    typer.echo(json.dumps({m: {k: round(r[k], 4) for k in ("accuracy_before", "accuracy", "gain", "gain_std")}
-                           for m, r in results.items() if m != "settings"}, indent=1))
+    out = out or Path("data/personalize") / experiment / variant
+    metrics_path = metrics_path or Path("data/metrics") / experiment / f"personalize-{variant}.json"
+    curve = curve or Path("data/plots/personalize") / experiment / f"{variant}.csv"
+    # Everything is written next to its target and renamed into place at the end: a failed
+    # run leaves the previous outputs (or none), never half of them.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    files: dict[Path, Path] = {}
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        with tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
+            output = personalize_variant(cache, model or Path("data/models") / experiment / variant, variant, group_by,
+                                         config=config, adapt_config=adapt_config, scratch=scratch, adapted_dir=staging)
+        (staging / "personalization.json").write_text(json.dumps(output.results, indent=2, sort_keys=True) + "\n")
+        for path, text in ((metrics_path, json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n"),
+                           (curve, output.curve_csv)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files[path] = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            files[path].write_text(text)
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        for path, tmp in files.items():
+            os.replace(tmp, path)
+    finally:
+        if old.exists() and not out.exists():  # failed between the two renames: put the previous results back
+            old.rename(out)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        for tmp in files.values():
+            tmp.unlink(missing_ok=True)
+    typer.echo(json.dumps(output.key_metrics, indent=1))
+
+
+if __name__ == "__main__":
+    P.run(main)

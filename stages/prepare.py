@@ -7,13 +7,13 @@ from pathlib import Path
 
 import typer
 
-from stages import params as P
+from stages import common as P
 
 
 def main(
     dataset: str = typer.Argument(..., help="Dataset name: a key under `datasets` in params."),
     out: Path = typer.Option(None, help="Output folder. Default: data/prepared/<dataset>."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
 ) -> None:
     """Build the canonical pairs table of DATASET from its `datasets.<DATASET>` params
     (source: builtin:<name> | hub id | local file; plus seed, adapter, columns, ...)."""
@@ -25,3 +25,7 @@ def main(
     builtin_params = spec.pop("params", None)
     manifest = prepare(source, out or Path("data/prepared") / dataset, builtin_params=builtin_params, **spec)
     typer.echo(json.dumps({k: manifest[k] for k in ("num_pairs", "pairs_by_split", "dropped")}))
+
+
+if __name__ == "__main__":
+    P.run(main)

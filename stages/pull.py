@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.share import pull
+from tooling.share import pull
 
 
 def main(

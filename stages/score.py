@@ -8,8 +8,9 @@ from pathlib import Path
 
 import typer
 
+from pipeline import backbone as bb
 from pipeline.reward_model import RewardModel
-from stages import params as P
+from stages import common as P
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -36,7 +37,7 @@ def main(
     model: Path = typer.Option(..., "--model", "-m", help="Trained head folder, e.g. data/models/categories/sparse."),
     out: Path = typer.Option(None, "--out", "-o", help="Output jsonl (default: stdout)."),
     backbone: str = typer.Option("data/backbone", help="Backbone folder or hub id the head was trained on."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params",
+    params_file: Path = typer.Option(P.PARAMS, "--params",
                                      help="Params whose `backbone` block (system prompt, template date) featurize used."),
     weights: str = typer.Option(None, help="Override routing weights for every row, e.g. '0,0,1,0,0' (steering)."),
     batch_rows: int = typer.Option(256, help="Rows scored per call (bounds memory)."),
@@ -44,7 +45,10 @@ def main(
     """Score responses with backbone + head together. Each output line is the input row plus
     `reward`, `expert_rewards` (one per expert) and `routing_weights`."""
     rows = read_rows(input)
-    config = P.backbone_config(P.load(params_file), backbone) if params_file.exists() else None
+    config = None
+    if params_file.exists():  # the formatting options featurize used (system prompt, template date...)
+        config = P.build(bb.BackboneConfig, P.section(P.load(params_file), "backbone"), "backbone",
+                        ignore=("source",), model=backbone)
     rm = RewardModel.load(model, config or backbone)
     override = [float(w) for w in weights.split(",")] if weights else None
     sink = open(out, "w") if out else sys.stdout
@@ -57,3 +61,7 @@ def main(
     finally:
         if out:
             sink.close()
+
+
+if __name__ == "__main__":
+    P.run(main)

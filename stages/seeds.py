@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.grid import GridError, dvc_exp_show
-from pipeline.seeds import DEFAULT_PER_SEED, by_group, load_seed_runs, seeds_report
+from tooling.grid import GridError, dvc_exp_show
+from tooling.seeds import DEFAULT_PER_SEED, by_group, load_seed_runs, seeds_report
 
 
 def main(

@@ -1,50 +1,74 @@
-"""Stage `steer`: data/models/<experiment> + its cache -> data/steer/<experiment>/steering.json (every result),
-data/metrics/<experiment>/steering.json (key numbers, what DVC tracks) + Fig. 2/7."""
+"""Stage `steer`: one head of an experiment + its cache -> data/steer/<exp>/<variant>.json (every result),
+data/metrics/<exp>/steer-<variant>.json (key numbers, what DVC tracks) and
+data/plots/steer/<exp>/<variant>.csv (the Fig. 2 / 7 curves)."""
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
 import typer
 
 from pipeline.cache import FeatureCache
-from pipeline.steer import steer_experiment
-from stages import params as P
+from pipeline.steer import STEERABLE, SteerConfig, SteerError, steer_variant
+from stages import common as P
+
+
+def write_all(files: dict[Path, str]) -> None:
+    """Write every file next to its target first and rename them into place only once all
+    are written: a failure leaves no output half-written."""
+    staged: dict[Path, Path] = {}
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged[path] = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            staged[path].write_text(text)
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
 def main(
-    experiment: str = typer.Argument("attributes", help="Experiment whose test pairs carry a steering label "
-                                                        "(the RPR-like `attributes` by default)."),
-    variants: list[str] = typer.Option(["vanilla", "micro", "sparse"], "--variant", "-v",
-                                       help="MoE variants to steer (repeatable); the random baseline uses sparse."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file (reads the `steer:` block)."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
-    models: Path = typer.Option(None, help="Trained heads. Default: data/models/<experiment>."),
-    out: Path = typer.Option(None, help="Every result (per attribute, per weight, t-tests). "
-                                        "Default: data/steer/<experiment>/steering.json."),
-    metrics_path: Path = typer.Option(None, "--metrics", help="Key numbers per model, the DVC metrics file. "
-                                                              "Default: data/metrics/<experiment>/steering.json."),
-    figures_dir: Path = typer.Option(None, "--figures", help="Fig. 2/7 PNG + CSV. Default: data/plots/steer/<experiment>."),
+    experiment: str = typer.Argument(..., help="Experiment (<exp> below) whose test pairs carry the steering "
+                                               "label (params steer.label; the RPR-like `attributes`)."),
+    variant: str = typer.Argument(..., help=f"Head to steer: one of {', '.join(STEERABLE)} (single and hyre have "
+                                            "no router). sparse also gets the random-expert baseline."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (reads `experiments.<experiment>` "
+                                                                "and the `steer:` block)."),
+    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<the experiment's dataset>."),
+    model: Path = typer.Option(None, help="Trained head. Default: data/models/<exp>/<variant>."),
+    out: Path = typer.Option(None, help="Every result (per attribute, per weight). "
+                                        "Default: data/steer/<exp>/<variant>.json."),
+    metrics_path: Path = typer.Option(None, "--metrics", help="Key numbers, the DVC metrics file. "
+                                                              "Default: data/metrics/<exp>/steer-<variant>.json."),
+    curve: Path = typer.Option(None, help="Flip rates per weight (CSV, for `dvc plots`). "
+                                          "Default: data/plots/steer/<exp>/<variant>.csv."),
 ) -> None:
-    """Attribute steering (paper §5.2, Eq. 14-18): per attribute, pick the expert whose
-    top-100 validation examples hold the largest share of it, set its routing weight to
-    w in {0.25, 0.5, 0.75, 1.0} on the test pairs and count the pairs that flip to the
-    attribute's preferred response (flip rate) and away from it (undesired flip rate),
-    against a random-expert baseline, with paired t-tests across attributes."""
+    """Attribute steering of one head (paper §5.2, Eq. 14-18): per attribute, pick the
+    expert whose top-100 validation examples hold the largest share of it, set its routing
+    weight to w in {0.25, 0.5, 0.75, 1.0} on the test pairs and count the pairs that flip to
+    the attribute's preferred response (flip rate) and away from it (undesired flip rate).
+    For sparse, also the random-expert baseline. The paired t-tests across attributes and
+    Fig. 2 / 7 over all heads are made by `report`."""
+    if variant not in STEERABLE:
+        raise SteerError(f"{variant!r} cannot be steered (no router): choose one of {', '.join(STEERABLE)}")
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
-    settings = P.steer_settings(params)
+    config = P.build(SteerConfig, params.get("steer"), "steer")
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
     with tempfile.TemporaryDirectory(prefix="smoe-steer-") as scratch:
-        results = steer_experiment(
-            cache, models or Path("data/models") / experiment, variants,
-            out_path=out or Path("data/steer") / experiment / "steering.json",
-            metrics_path=metrics_path or Path("data/metrics") / experiment / "steering.json",
-            figures_dir=figures_dir or Path("data/plots/steer") / experiment, scratch=scratch,
-            label=settings["label"], top_n=settings["top_n"], steer_weights=tuple(settings["weights"]),
-            random_repeats=settings["random_repeats"], seed=settings["seed"])
-    typer.echo(json.dumps({m: {"flip_rate": round(r["flip_rate"], 4), "undesired_flip_rate": round(r["undesired_flip_rate"], 4),
-                               "flip_rate_at_1.0": round(r["flip_rate_by_weight"].get("1.0", float("nan")), 4)}
-                           for m, r in results.items() if m != "settings"}, indent=1))
+        output = steer_variant(cache, model or Path("data/models") / experiment / variant, variant, config, scratch)
+    write_all({out or Path("data/steer") / experiment / f"{variant}.json":
+               json.dumps(output.results, indent=2, sort_keys=True) + "\n",
+               metrics_path or Path("data/metrics") / experiment / f"steer-{variant}.json":
+               json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n",
+               curve or Path("data/plots/steer") / experiment / f"{variant}.csv": output.curve_csv})
+    typer.echo(json.dumps(output.key_metrics, indent=1))
+
+
+if __name__ == "__main__":
+    P.run(main)

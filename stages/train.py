@@ -1,4 +1,4 @@
-"""Stage `train`: data/features/<dataset> -> data/models/<experiment>/<variant>/ + curves."""
+"""Stage `train`: data/features/<dataset> -> data/models/<experiment>/<variant>/ + its curves."""
 
 from __future__ import annotations
 
@@ -11,42 +11,50 @@ import typer
 
 from pipeline.backbone import source_identity
 from pipeline.cache import FeatureCache
-from pipeline.train import VARIANTS, check_cache_backbone, train_experiment
-from stages import params as P
+from pipeline.train import VARIANTS, TrainConfig, check_cache_backbone, train_experiment
+from stages import common as P
 
 
 def main(
     experiment: str = typer.Argument(..., help="Experiment name: a key under `experiments` in params.yaml."),
-    variants: list[str] = typer.Option(list(VARIANTS), "--variant", "-v", help="Variants to train (repeatable)."),
-    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+    variant: str = typer.Argument(..., help=f"Variant to train: one of {', '.join(VARIANTS)}."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
     features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
-    out: Path = typer.Option(None, help="Models folder. Default: data/models/<experiment>."),
-    curves: Path = typer.Option(None, help="Training-curve folder. Default: data/plots/train/<experiment>."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    out: Path = typer.Option(None, help="Head folder. Default: data/models/<experiment>/<variant>."),
+    curves: Path = typer.Option(None, help="Training-curve folder. Default: data/plots/train/<experiment>/<variant>."),
+    progress: bool = typer.Option(True, help="Report progress (bars on a terminal, periodic lines in a log)."),
 ) -> None:
-    """Train the reward heads of one experiment from its cached features only: single,
-    vanilla, micro, sparse (lambdas from params.yaml, per-experiment values win) and hyre.
-    The backbone is not loaded."""
+    """Train one reward head of one experiment from its cached features only: single,
+    vanilla, micro, sparse (lambdas from params.yaml, per-experiment values win) or hyre.
+    The backbone is not loaded. Only sparse reads the lambdas."""
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
-    config = P.train_config(params)
+    config = P.build(TrainConfig, P.section(params, "train"), "train")
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
     expected = source_identity(P.section(params, "backbone", "source"), params["backbone"].get("revision"))
     check_cache_backbone(cache.manifest, expected, str(cache.path))
-    out = out or Path("data/models") / experiment
-    curves = curves or Path("data/plots/train") / experiment
+    out = out or Path("data/models") / experiment / variant
+    curves = curves or Path("data/plots/train") / experiment / variant
+    lambdas = P.lambdas(params, experiment) if variant == "sparse" else {}
     # Write next to the final folders and swap in at the end: a failed run keeps nothing half-made.
-    staging = Path(tempfile.mkdtemp(prefix=f".{experiment}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=out.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="smoe-train-") as scratch:
-            summary = train_experiment(cache, staging / "models", staging / "curves", variants=variants,
-                                       num_experts=spec["num_experts"], lambdas=P.lambdas(params, experiment),
+            summary = train_experiment(cache, staging / "models", staging / "curves", variants=[variant],
+                                       num_experts=spec["num_experts"], lambdas=lambdas,
                                        config=config, scratch=scratch, show_progress=progress,
                                        extra={"experiment": experiment, "dataset": spec["dataset"]})
-        for src, dst in ((staging / "models", out), (staging / "curves", curves)):
+        for src, dst in ((staging / "models" / variant, out), (staging / "curves" / variant, curves)):
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dst, ignore_errors=True)
             shutil.move(str(src), str(dst))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    typer.echo(json.dumps({"experiment": experiment, "validation": summary}, indent=1))
+    typer.echo(json.dumps({"experiment": experiment, "variant": variant, "validation": summary[variant]}, indent=1))
+
+
+if __name__ == "__main__":
+    P.run(main)

@@ -1,4 +1,4 @@
-"""`smoe adapt` and pipeline/personal.py: reading a user's pairs, adapting, reporting, the GRPO reward."""
+"""`smoe adapt` and pipeline/user_prefs.py: reading a user's pairs, adapting, reporting, the GRPO reward."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pipeline.backbone import BackboneConfig, load
 from pipeline.cache import FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import HeadConfig, RewardHead
-from pipeline.personal import (PreferenceFileError, adapt_model, read_preference_file, report_markdown,
+from pipeline.user_prefs import (PreferenceFileError, adapt_model, read_preference_file, report_markdown,
                                reward_function)
 from pipeline.reward_model import RewardModel
 from pipeline.train import TrainConfig, train_experiment

@@ -8,13 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
+import typer
+import yaml
+from typer.testing import CliRunner
 
 from pipeline.adaptation import AdaptConfig, adapt, hedge_log_targets, hyre_log_weights
 from pipeline.cache import FeatureCache
 from pipeline.models import HeadConfig, RewardHead
-from pipeline.personalize import PersonalizeConfig, PersonalizeError, personalize_experiment, split_groups
-from pipeline.synthetic import write_synthetic_cache
+from pipeline.personalize import (PersonalizeConfig, PersonalizeError, curve_csv, headline, load_groups,
+                                  personalize_head, personalize_variant, split_groups)
 from pipeline.train import TrainConfig, train_experiment
+from stages import personalize as stage
+from tooling.synthetic_cache import write_synthetic_cache
 
 # ----------------------------------------------------------------------------- Hedge targets
 
@@ -177,29 +182,61 @@ def test_split_groups_is_disjoint_seeded_and_refuses_small_groups():
         split_groups(labels, PersonalizeConfig(sizes=[5, 11]))
 
 
-def test_personalize_experiment_writes_tables_heads_and_curve(tmp_path):
-    cache = FeatureCache(write_synthetic_cache(tmp_path / "cache", num_pairs=900, hidden_size=12, num_clusters=3,
+def test_personalize_config_defaults_and_checks():
+    config = PersonalizeConfig()
+    assert (config.sizes, config.seeds, config.eval_fraction, config.split_seed, config.split) == \
+        ([5, 10, 25, 50], [0, 1, 2], 0.5, 0, "test")
+    assert PersonalizeConfig(sizes=[50, 5]).sizes == [5, 50]
+    for bad, message in (({"sizes": []}, "sizes"), ({"sizes": [0, 5]}, "positive"), ({"sizes": [5, 5]}, "repeat"),
+                         ({"sizes": [2.5]}, "integers"), ({"seeds": []}, "seeds"), ({"seeds": [1, 1]}, "repeat"),
+                         ({"eval_fraction": 1.0}, "eval_fraction"), ({"split": "dev"}, "split must be one of"),
+                         ({"split_seed": "0"}, "split_seed")):
+        with pytest.raises(ValueError, match=message):
+            PersonalizeConfig(**bad)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        AdaptConfig(lr=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("personalize")
+    cache = FeatureCache(write_synthetic_cache(tmp / "cache", num_pairs=900, hidden_size=12, num_clusters=3,
                                                split_fractions=(0.6, 0.1, 0.3), seed=5))
-    train_experiment(cache, tmp_path / "models", tmp_path / "curves", variants=["single", "sparse", "hyre"],
+    train_experiment(cache, tmp / "models", tmp / "curves", variants=["single", "vanilla", "sparse", "hyre"],
                      num_experts=3, lambdas={"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0},
-                     config=TrainConfig(epochs=1, batch_size=32, hyre_heads=4), scratch=tmp_path / "s",
+                     config=TrainConfig(epochs=1, batch_size=32, hyre_heads=4), scratch=tmp / "s",
                      show_progress=False)
-    (tmp_path / "interpret" / "sparse").mkdir(parents=True)
-    (tmp_path / "interpret" / "sparse" / "experts.json").write_text(
+    (tmp / "interpret" / "sparse").mkdir(parents=True)
+    (tmp / "interpret" / "sparse" / "experts.json").write_text(
         json.dumps({"experts": [{"id": k, "description": f"topic {k}"} for k in range(3)]}))
-    config = PersonalizeConfig(sizes=[4, 16], seeds=[0, 1])
-    results = personalize_experiment(
-        cache, tmp_path / "models", ["single", "sparse", "hyre"], "category", config=config,
-        adapt_config=AdaptConfig(epochs=3), out_path=tmp_path / "m" / "personalization.json",
-        adapted_dir=tmp_path / "adapted", figures_dir=tmp_path / "fig", tables_path=tmp_path / "adapted" / "p.md",
-        interpret_dir=tmp_path / "interpret", scratch=tmp_path / "s2", metrics_path=tmp_path / "key.json")
-    saved = json.loads((tmp_path / "m" / "personalization.json").read_text())
-    key = json.loads((tmp_path / "key.json").read_text())  # the DVC metrics file: flat key numbers per model
-    assert key["sparse"] == {k: saved["sparse"][k] for k in ("accuracy_before", "accuracy", "gain", "gain_std")}
-    assert set(key) == {"single", "sparse", "hyre"}
-    assert saved["sparse"]["by_n"].keys() == {"4", "16"} and saved["settings"]["group_by"] == "category"
+    return cache, tmp / "models", tmp / "interpret"
+
+
+CONFIG = PersonalizeConfig(sizes=[4, 16], seeds=[0, 1])
+
+
+def test_personalize_variant_results_heads_key_numbers_and_curve(trained, tmp_path):
+    cache, models, interpret = trained
+    results, keys = {}, {}
+    for name in ("single", "sparse", "hyre"):
+        output = personalize_variant(cache, models / name, name, "category", config=CONFIG,
+                                     adapt_config=AdaptConfig(epochs=3), scratch=tmp_path / "s" / name,
+                                     adapted_dir=tmp_path / "adapted" / name)
+        assert set(output.results) == {name, "settings"}
+        assert output.results["settings"]["group_by"] == "category" and output.results["settings"]["variant"] == name
+        assert output.results["settings"]["sizes"] == [4, 16] and output.results["settings"]["adaptation"]["epochs"] == 3
+        results[name], keys[name] = output.results[name], output.key_metrics
+        # the DVC metrics file: flat key numbers; the Fig. 8 curve: one row per n
+        assert output.key_metrics == headline(output.results)
+        assert output.key_metrics == {k: results[name][k] for k in ("accuracy_before", "accuracy", "gain", "gain_std")}
+        lines = output.curve_csv.splitlines()
+        assert output.curve_csv == curve_csv(output.results)
+        assert lines[0] == "n,accuracy,accuracy_std" and [line.split(",")[0] for line in lines[1:]] == ["4", "16"]
+        assert float(lines[2].split(",")[1]) == pytest.approx(results[name]["by_n"]["16"]["accuracy"], abs=1e-6)
+        assert float(lines[1].split(",")[2]) == pytest.approx(results[name]["by_n"]["4"]["accuracy_std"], abs=1e-6)
     assert results["single"]["gain"] == 0.0 and results["single"]["method"] == "none"
     assert results["sparse"]["method"] == "hedge" and results["hyre"]["method"] == "hyre"
+    assert results["sparse"]["by_n"].keys() == {"4", "16"}
     for name in ("sparse", "hyre"):
         r = results[name]
         groups = r["by_group"]
@@ -211,15 +248,83 @@ def test_personalize_experiment_writes_tables_heads_and_curve(tmp_path):
         for g in groups.values():
             assert abs(sum(g["routing_weight_shift"])) < 1e-6
         assert (tmp_path / "adapted" / name / "cluster0" / "model.safetensors").exists()
-    upweighted = results["sparse"]["by_group"]["cluster0"]["most_upweighted_expert"]
-    assert results["sparse"]["by_group"]["cluster0"]["most_upweighted_description"] == f"topic {upweighted}"
+    # every head is scored on the same evaluation pairs of each group
+    for g in ("cluster0", "cluster1", "cluster2"):
+        assert len({(results[m]["by_group"][g]["num_eval_pairs"], results[m]["by_group"][g]["num_pool_pairs"])
+                    for m in results}) == 1
+    assert results["sparse"]["by_group"]["cluster0"]["most_upweighted_expert"] in range(3)
+    # descriptions are joined by the report: personalize never reads interpret's outputs
+    assert all("most_upweighted_description" not in g for r in results.values() for g in r["by_group"].values())
     adapted = RewardHead.load(tmp_path / "adapted" / "sparse" / "cluster0")
     assert adapted.config.extra["group"] == "cluster0" and adapted.config.extra["adaptation_pairs"] == 16
-    table = (tmp_path / "adapted" / "p.md").read_text()
-    assert "| sparse |" in table and "Table 6" in table and f"topic {upweighted}" in table
-    assert (tmp_path / "fig" / "adaptation_size.png").exists()
-    assert (tmp_path / "fig" / "adaptation_size.csv").read_text().splitlines()[0] == "n,single,sparse,hyre"
     with pytest.raises(PersonalizeError, match="needs a 'user' value"):
-        personalize_experiment(cache, tmp_path / "models", ["sparse"], "user", config=config, adapt_config=AdaptConfig(),
-                               out_path=tmp_path / "x.json", adapted_dir=None, figures_dir=None,
-                               interpret_dir=None, scratch=tmp_path / "s3")
+        personalize_variant(cache, models / "sparse", "sparse", "user", config=CONFIG, adapt_config=AdaptConfig(),
+                            scratch=tmp_path / "s3")
+
+
+def test_variants_personalized_separately_match_personalized_together(trained, tmp_path):
+    """The split and the draws depend only on the data and the seeds: each variant in its own
+    run, in any order or subset, gets the numbers the one run over all variants gave."""
+    cache, models, _ = trained
+    names = ["single", "vanilla", "sparse", "hyre"]
+    adapt_config = AdaptConfig(epochs=2)
+    # together, as the single personalize run did: one split of the data shared by every head in turn
+    x, groups = load_groups(cache, "category", CONFIG, tmp_path / "together")
+    together = {name: personalize_head(RewardHead.load(models / name), x, groups, CONFIG, adapt_config) for name in names}
+    for order in (names[::-1], ["sparse"], ["hyre", "single"]):
+        for name in order:  # a fresh run (own scratch, own states) per variant
+            output = personalize_variant(cache, models / name, name, "category", config=CONFIG,
+                                         adapt_config=adapt_config, scratch=tmp_path / f"{name}-{len(order)}")
+            separate = {k: v for k, v in output.results[name].items() if k != "method"}
+            assert separate == together[name], (name, order)
+    # the comparison is informative: adaptation moves the MoE heads and HyRe, not the single head
+    assert together["single"]["gain"] == 0.0 and together["sparse"]["by_n"] != together["vanilla"]["by_n"]
+
+
+def _params(tmp_path, **personalize) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"experiments": {"syn": {"dataset": "syn", "num_experts": 3}},
+                                    "personalize": personalize}))
+    return str(path)
+
+
+def test_stage_splits_the_params_block():
+    config, adapt_config = stage.configs({"personalize": {"sizes": [4, 8], "split_seed": 3, "tau": 0.01, "epochs": 2}})
+    assert config == PersonalizeConfig(sizes=[4, 8], split_seed=3)
+    assert adapt_config == AdaptConfig(tau=0.01, epochs=2)
+    assert stage.configs({}) == (PersonalizeConfig(), AdaptConfig())  # the defaults: the dataclasses'
+    for block, message in (({"sizez": [4]}, r"unknown key\(s\) \['sizez'\]"),
+                           ({"seed": 1}, r"unknown key\(s\) \['seed'\]"),  # each draw's seed, not a setting
+                           ({"tau": -1.0}, "personalize: tau must be > 0"),
+                           ({"eval_fraction": 2}, "personalize: eval_fraction must be in")):
+        with pytest.raises(typer.BadParameter, match=message):
+            stage.configs({"personalize": block})
+
+
+def test_stage_writes_the_variant_folder_metrics_and_curve_or_nothing(trained, tmp_path):
+    cache, models, interpret = trained
+    app = typer.Typer()
+    app.command()(stage.main)
+    out = tmp_path / "personalize/syn/sparse"
+    paths = {"--out": out, "--metrics": tmp_path / "metrics/syn/personalize-sparse.json",
+             "--curve": tmp_path / "plots/personalize/syn/sparse.csv"}
+    args = ["syn", "sparse", "--features", str(cache.path), "--model", str(models / "sparse")]
+    args += [x for option, path in paths.items() for x in (option, str(path))]
+    params = dict(sizes=[4, 16], seeds=[0, 1], epochs=2)
+
+    (out / "stale_group").mkdir(parents=True)  # from an earlier run: gone once the new results are in
+    failed = CliRunner().invoke(app, args + ["--group-by", "user", "--params", _params(tmp_path, **params)])
+    assert isinstance(failed.exception, PersonalizeError)
+    assert (out / "stale_group").is_dir() and not paths["--metrics"].exists() and not paths["--curve"].exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sparse"]  # no staging folder left behind
+
+    result = CliRunner().invoke(app, args + ["--group-by", "category", "--params", _params(tmp_path, **params)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["cluster0", "cluster1", "cluster2", "personalization.json"]
+    expected = personalize_variant(cache, models / "sparse", "sparse", "category", config=CONFIG,
+                                   adapt_config=AdaptConfig(epochs=2), scratch=tmp_path / "s")
+    assert json.loads((out / "personalization.json").read_text()) == expected.results
+    assert json.loads(paths["--metrics"].read_text()) == expected.key_metrics
+    assert paths["--curve"].read_text() == expected.curve_csv
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sparse"]
+    assert not list(tmp_path.rglob(".*.tmp-*"))

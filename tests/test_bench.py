@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.backbone import BackboneConfig, load
-from pipeline.bench import run_isolated, subset_pairs
-from pipeline.bench_train import _backbone_states, compare
+from tooling.bench import run_isolated, subset_pairs
+from tooling.bench_train import _backbone_states, compare
 from pipeline.cache import FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.train import TrainConfig
@@ -84,7 +84,7 @@ def test_naive_states_are_the_cached_states(tiny_llama, prepared, tmp_path):
 
 
 def test_featurize_comparison(tiny_llama, prepared):
-    from pipeline.bench import compare as compare_featurize
+    from tooling.bench import compare as compare_featurize
 
     res = compare_featurize(prepared, 8, BackboneConfig(model=str(tiny_llama)), FeaturizeConfig())
     assert res["naive"]["pairs"] == res["real"]["pairs"] == 8
@@ -95,7 +95,7 @@ def test_featurize_comparison(tiny_llama, prepared):
 
 def test_run_isolated_reports_the_childs_error():
     with pytest.raises(RuntimeError, match="no_such_function"):
-        run_isolated("pipeline.bench:no_such_function")
+        run_isolated("tooling.bench:no_such_function")
 
 
 def test_bench_commands_are_registered():

@@ -236,7 +236,7 @@ def test_manifest_has_required_fields_and_verifies(tiny_llama, tmp_path):
 def test_smoe_cache_info_exit_code_names_a_corrupt_shard(tmp_path, monkeypatch, capsys):
     """`smoe cache info` exits non-zero on a bad checksum (typer.Exit's code must survive
     the CLI wrapper), naming the shard."""
-    from pipeline.synthetic import write_synthetic_cache
+    from tooling.synthetic_cache import write_synthetic_cache
     from stages import cli
 
     out = write_synthetic_cache(tmp_path / "c", num_pairs=40, hidden_size=4, pairs_per_shard=20)
@@ -259,7 +259,7 @@ def test_smoe_cache_info_exit_code_names_a_corrupt_shard(tmp_path, monkeypatch, 
 
 def test_verify_catches_a_corrupt_pairs_table(tmp_path):
     """The pairs table is checksummed too: a flipped byte in it is not a silent pass."""
-    from pipeline.synthetic import write_synthetic_cache
+    from tooling.synthetic_cache import write_synthetic_cache
 
     out = write_synthetic_cache(tmp_path / "c", num_pairs=40, hidden_size=4, pairs_per_shard=20)
     assert cache.FeatureCache(out).verify() == []

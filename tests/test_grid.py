@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.grid import (COLLAPSED_GLOBAL_ENTROPY, UNIFORM_ROUTING_ENTROPY, GridError, effective_experts,
+from tooling.grid import (COLLAPSED_GLOBAL_ENTROPY, UNIFORM_ROUTING_ENTROPY, GridError, effective_experts,
                            grid_heatmap, grid_matrix, grid_table, load_points, router_health, write_grid_csv)
 from stages import grid as grid_stage
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
+from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,12 +18,17 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from pipeline import describers as D
 from pipeline import interpret as I
+from pipeline import metrics
 from pipeline.backbone import BackboneConfig, load
 from pipeline.cache import FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.train import TrainConfig, train_experiment
+from stages import common as P
 from tests.test_featurize import write_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BAKING = [
     "How long should I knead bread dough before it rises?",
@@ -71,7 +80,8 @@ def test_keywords_describer_names_each_experts_topic_deterministically():
             w[k] = 0.9 - 0.01 * i
             rows.append(w / w.sum())
     weights = np.array(rows)
-    describer = I.make_backend("keywords")
+    describer, judge = I.make_backends(I.InterpretConfig())  # the defaults: keywords, 5 terms
+    assert judge is describer and describer.num_terms == 5
     descriptions, tops = I.describe_from_weights(weights, pair_ids, prompt_texts, describer, top_n=10)
     # top prompts by weight, distinct texts only (the duplicated baking pairs collapse)
     assert [len(t) for t in tops] == [10, 10, 10]
@@ -81,42 +91,89 @@ def test_keywords_describer_names_each_experts_topic_deterministically():
     assert [t["weight"] for t in tops[0]] == sorted((t["weight"] for t in tops[0]), reverse=True)
     baking_words = {"bread", "dough", "oven", "bake", "baking"}
     law_words = {"contract", "court", "lawyer", "landlord", "lawsuit"}
-    d0, d1 = (set(I.KeywordsBackend.keywords(d)) for d in descriptions[:2])
+    d0, d1 = (set(D.KeywordsBackend.keywords(d)) for d in descriptions[:2])
     assert all(d.startswith("keywords: ") for d in descriptions)
     assert len(d0 & baking_words) >= 2 and not d0 & law_words, descriptions
     assert len(d1 & law_words) >= 2 and not d1 & baking_words, descriptions
     assert "the" not in d0 | d1 and "how" not in d0 | d1  # English stop words removed
+    assert all(len(D.KeywordsBackend.keywords(d)) <= 5 for d in descriptions)
     # deterministic, also when the pairs come in another order
     perm = rng.permutation(len(pair_ids))
     again, _ = I.describe_from_weights(weights[perm], [pair_ids[i] for i in perm], prompt_texts,
-                                       I.make_backend("keywords"), top_n=10)
+                                       D.make_backend("keywords", num_terms=5), top_n=10)
     assert again == descriptions
 
 
 def test_keywords_judge_matches_whole_words_case_insensitively():
-    judge = I.make_backend("keywords")
+    judge = D.make_backend("keywords", num_terms=5)
     prompts = ["My DOUGH is too sticky", "A doughnut shop opened", "Read the contract", "Oven fire!"]
     assert judge.judge(0, "keywords: dough, oven", prompts) == [1, 0, 0, 1]
     assert judge.judge(0, "keywords: (none)", prompts) == [0, 0, 0, 0]
     # a free-text description (from an LLM describer) is reduced to its content words
     assert judge.judge(1, "asks about a legal contract", prompts) == [0, 0, 1, 0]
     with pytest.raises(ValueError, match="unknown describer/judge 'gpt'"):
-        I.make_backend("gpt")
+        D.make_backend("gpt")
 
 
 def test_description_parsing():
-    assert I.parse_description('-"asks about baking bread"\n') == "asks about baking bread"
-    assert I.parse_description('asks for legal advice"') == "asks for legal advice"  # continues the prompt's -"
-    assert I.parse_description('<think>hmm</think>\n\n - "x y"') == "x y"
-    assert I.parse_description("  \n ") == ""
-    assert [I.parse_judgment(a) for a in ("YES", " no.", '"Yes"', "<think>a</think>NO", "MAYBE", "YES NO")] == \
+    assert D.parse_description('-"asks about baking bread"\n') == "asks about baking bread"
+    assert D.parse_description('asks for legal advice"') == "asks for legal advice"  # continues the prompt's -"
+    assert D.parse_description('<think>hmm</think>\n\n - "x y"') == "x y"
+    assert D.parse_description("  \n ") == ""
+    assert [D.parse_judgment(a) for a in ("YES", " no.", '"Yes"', "<think>a</think>NO", "MAYBE", "YES NO")] == \
         [1, 0, 1, 0, None, None]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_holds_the_paper_defaults_and_params_yaml_states_every_field():
+    config = I.InterpretConfig()
+    assert (config.describer, config.judge, config.top_n, config.per_stratum, config.seed, config.keywords,
+            config.llm_model, config.max_new_tokens, config.device) == \
+        ("keywords", "keywords", 20, 100, 0, 5, "gpt-4o-mini", 48, "auto")
+    block = yaml.safe_load((ROOT / "params.yaml").read_text())["interpret"]
+    assert set(block) == {f.name for f in fields(I.InterpretConfig)}
+    assert P.build(I.InterpretConfig, block, "interpret") == config
+    with pytest.raises(typer.BadParameter, match=r"interpret: unknown key\(s\) \['describr'\]"):
+        P.build(I.InterpretConfig, {"describr": "keywords"}, "interpret")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"describer": "gpt"}, "unknown describer 'gpt'"),
+    ({"judge": "hf:"}, "unknown judge 'hf:'"),
+    ({"top_n": 0}, "top_n must be an integer >= 1"),
+    ({"per_stratum": 2.5}, "per_stratum must be an integer >= 1"),
+    ({"keywords": True}, "keywords must be an integer >= 1"),
+    ({"max_new_tokens": -1}, "max_new_tokens must be an integer >= 1"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"llm_model": " "}, "llm_model must be a model name"),
+    ({"device": "gpu"}, "device must be auto, cpu, cuda"),
+])
+def test_config_rejects_bad_values_with_one_line_naming_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        I.InterpretConfig(**values)
+    with pytest.raises(typer.BadParameter, match=f"interpret: {message}"):
+        P.build(I.InterpretConfig, values, "interpret")
+
+
+def test_make_backends_gives_each_backend_its_settings_and_shares_one_for_one_spec():
+    url = "http://127.0.0.1:9/v1"  # never contacted: building a backend sends nothing
+    config = I.InterpretConfig(describer=f"openai:{url}", judge="keywords", keywords=3, llm_model="m-1")
+    describer, judge = I.make_backends(config, D.Connection(api_key_env="SMOE_TEST_KEY", timeout=4.0, retries=1))
+    assert isinstance(describer, D.OpenAIBackend) and describer.model == "m-1"
+    assert describer.connection == D.Connection(api_key_env="SMOE_TEST_KEY", timeout=4.0, retries=1)
+    assert isinstance(judge, D.KeywordsBackend) and judge.num_terms == 3
+    same = I.make_backends(I.InterpretConfig(describer=f"openai:{url}", judge=f"openai:{url}"))
+    assert same[0] is same[1] and same[0].connection == D.Connection()
+    with pytest.raises(ValueError, match="retries >= 0"):
+        D.Connection(retries=-1)
 
 
 # ----------------------------------------------------------------------------- fidelity
 
 
-class TableJudge(I.Backend):
+class TableJudge(D.Backend):
     """z(x) from a lookup: the description names a set of positive prompts."""
 
     name = "table"
@@ -146,18 +203,20 @@ def test_fidelity_of_a_perfect_description_is_near_one_and_beats_the_shuffled_ba
     positives = {"high0": {p for p, w in zip(prompts, weights[:, 0]) if w > 0.5},
                  "high1": {p for p, w in zip(prompts, weights[:, 1]) if w > 0.5}}
     judge = TableJudge(positives)
-    result = I.fidelity(weights, prompts, ["high0", "high1"], judge, per_stratum=100, seed=0)
+    result = I.fidelity(weights, prompts, ["high0", "high1"], judge, I.InterpretConfig(per_stratum=100, seed=0))
     assert result.per_expert[0] > 0.95 and result.per_expert[1] > 0.95
     assert result.overall == pytest.approx(np.mean(result.per_expert))
     assert abs(result.random_overall) < 0.3 and result.random_overall < result.overall - 0.6
     assert judge.calls == 400  # 2 experts x 200 examples; the baseline re-judges nothing
     # seeded: the same sample and numbers again
-    again = I.fidelity(weights, prompts, ["high0", "high1"], TableJudge(positives), per_stratum=100, seed=0)
+    again = I.fidelity(weights, prompts, ["high0", "high1"], TableJudge(positives),
+                       I.InterpretConfig(per_stratum=100, seed=0))
     assert again.samples == result.samples and again.random_overall == result.random_overall
-    other = I.fidelity(weights, prompts, ["high0", "high1"], TableJudge(positives), per_stratum=100, seed=1)
+    other = I.fidelity(weights, prompts, ["high0", "high1"], TableJudge(positives),
+                       I.InterpretConfig(per_stratum=100, seed=1))
     assert other.samples != result.samples
     # a description that picks the wrong examples is anti-correlated
-    wrong = I.fidelity(weights, prompts, ["high1", "high0"], judge, per_stratum=100, seed=0)
+    wrong = I.fidelity(weights, prompts, ["high1", "high0"], judge, I.InterpretConfig(per_stratum=100, seed=0))
     assert wrong.overall < -0.9
 
 
@@ -165,28 +224,44 @@ def test_constant_judgments_or_weights_give_zero_fidelity():
     weights = two_mode_weights(200)
     prompts = [f"prompt {i}" for i in range(200)]
     everything = TableJudge({"all": set(prompts), "none": set()})
-    result = I.fidelity(weights, prompts, ["all", "none"], everything, per_stratum=20)
+    result = I.fidelity(weights, prompts, ["all", "none"], everything, I.InterpretConfig(per_stratum=20))
     assert result.per_expert == [0.0, 0.0] and result.random_per_expert == [0.0, 0.0] and result.overall == 0.0
-    assert I.pearson_or_zero(np.array([0, 1, 0, 1]), np.full(4, 0.25)) == 0.0
-    assert I.pearson_or_zero(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.1, 0.9])) == pytest.approx(1.0)
+    assert metrics.pearson_or_zero(np.array([0, 1, 0, 1]), np.full(4, 0.25)) == 0.0
+    assert metrics.pearson_or_zero(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.1, 0.9])) == pytest.approx(1.0)
+
+
+def test_description_fidelity_is_the_mean_of_the_per_expert_correlations():
+    z = [np.array([0, 1, 0, 1, 1]), np.array([1, 1, 0, 0, 0]), np.array([1, 1, 1, 1, 1])]
+    pi = [np.array([0.1, 0.8, 0.2, 0.7, 0.9]), np.array([0.1, 0.2, 0.9, 0.8, 0.7]), np.linspace(0, 1, 5)]
+    overall, per_expert = metrics.description_fidelity(z, pi)
+    assert per_expert[0] == pytest.approx(np.corrcoef(z[0], pi[0])[0, 1]) and per_expert[0] > 0.9   # Eq. 19
+    assert per_expert[1] == pytest.approx(np.corrcoef(z[1], pi[1])[0, 1]) and per_expert[1] < -0.9
+    assert per_expert[2] == 0.0                                                 # constant z: 0, not NaN
+    assert overall == pytest.approx(np.mean(per_expert))                       # Eq. 20
+    overall, per_expert = metrics.description_fidelity([], [])
+    assert np.isnan(overall) and per_expert == []
+    with pytest.raises(ValueError, match="expert 0: 2 judgments for 3 routing weights"):
+        metrics.description_fidelity([np.array([0, 1])], [np.array([0.1, 0.2, 0.3])])
 
 
 def test_stratified_sample_takes_per_stratum_from_the_top_ten_percent_and_the_rest():
     rng = np.random.default_rng(0)
     pi = rng.uniform(size=1000)
-    top, rest = I.stratified_sample(pi, 100, 0.1, rng)
+    top, rest = metrics.stratified_sample(pi, 100, 0.1, rng)
     assert len(top) == 100 and len(rest) == 100 and not set(top) & set(rest)
     assert set(top) == set(np.argsort(-pi)[:100])          # the whole top 10 % (100 examples)
     assert pi[rest].max() < np.sort(pi)[-100]              # the rest lies below it
-    top, rest = I.stratified_sample(pi, 30, 0.1, np.random.default_rng(1))
+    top, rest = metrics.stratified_sample(pi, 30, 0.1, np.random.default_rng(1))
     assert len(top) == 30 and len(rest) == 30 and pi[top].min() >= np.sort(pi)[-100]
     # a small split: fewer than per_stratum in a stratum -> all of it
-    top, rest = I.stratified_sample(pi[:50], 100, 0.1)
+    top, rest = metrics.stratified_sample(pi[:50], 100, 0.1, np.random.default_rng(0))
     assert len(top) == 5 and len(rest) == 45
-    top, rest = I.stratified_sample(pi[:3], 100, 0.1)
+    top, rest = metrics.stratified_sample(pi[:3], 100, 0.1, np.random.default_rng(0))
     assert len(top) == 1 and len(rest) == 2
+    with pytest.raises(ValueError, match="per_stratum >= 1"):
+        metrics.stratified_sample(pi, 0, 0.1, np.random.default_rng(0))
     result = I.fidelity(np.stack([pi[:50], 1 - pi[:50]], 1), [str(i) for i in range(50)], ["a", "b"],
-                        TableJudge({"a": {"1", "2"}, "b": {"3"}}), per_stratum=100)
+                        TableJudge({"a": {"1", "2"}, "b": {"3"}}), I.InterpretConfig(per_stratum=100))
     assert result.num_top == [5, 5] and [len(s) for s in result.samples] == [50, 50]
 
 
@@ -195,7 +270,7 @@ def test_stratified_sample_takes_per_stratum_from_the_top_ten_percent_and_the_re
 
 @pytest.fixture(scope="module")
 def hf_backend(tiny_llama):
-    return I.make_backend(f"hf:{tiny_llama}", max_new_tokens=8, batch_size=2, device="cpu")
+    return D.make_backend(f"hf:{tiny_llama}", max_new_tokens=8, batch_size=2, device="cpu")
 
 
 def test_hf_describer_with_a_tiny_random_model(hf_backend, monkeypatch):
@@ -203,7 +278,7 @@ def test_hf_describer_with_a_tiny_random_model(hf_backend, monkeypatch):
     assert description.strip()
     # nothing usable generated -> an error naming the expert, not a blank description
     monkeypatch.setattr(hf_backend.tokenizer, "decode", lambda *a, **k: "  \n\n ")
-    with pytest.raises(I.InterpretError, match="expert 3: hf:.* generated no description"):
+    with pytest.raises(D.InterpretError, match="expert 3: hf:.* generated no description"):
         hf_backend.describe(3, BAKING[:3])
 
 
@@ -213,7 +288,7 @@ def test_hf_judge_compares_the_yes_and_no_logits(hf_backend, monkeypatch):
     # the same number from one plain, unpadded forward pass
     tok, model = hf_backend.tokenizer, hf_backend.model
     for i in (0, 2):
-        ids = tok(hf_backend.render(I.judge_prompt("asks about baking", prompts[i])), add_special_tokens=False,
+        ids = tok(hf_backend.render(D.judge_prompt("asks about baking", prompts[i])), add_special_tokens=False,
                   return_tensors="pt").input_ids
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1]
@@ -289,8 +364,10 @@ def stub(monkeypatch):
 
 
 def openai(stub, **opts):
-    return I.make_backend(f"openai:{stub.url}", **{"model": "stub-model", "api_key_env": "SMOE_TEST_KEY",
-                                                   "timeout": 5.0, "retries": 2, "backoff": 0.01, **opts})
+    """The backend an ``openai:`` describer spec in params gets, with ``opts`` as its connection."""
+    config = I.InterpretConfig(describer=f"openai:{stub.url}", judge=f"openai:{stub.url}", llm_model="stub-model")
+    return I.make_backends(config, D.Connection(**{"api_key_env": "SMOE_TEST_KEY", "timeout": 5.0, "retries": 2,
+                                                   "backoff": 0.01, **opts}))[0]
 
 
 def test_openai_describe_and_judge_send_the_paper_prompts(stub, monkeypatch):
@@ -302,11 +379,11 @@ def test_openai_describe_and_judge_send_the_paper_prompts(stub, monkeypatch):
     assert describe["path"] == "/v1/chat/completions"
     assert describe["body"]["model"] == "stub-model" and describe["body"]["temperature"] == 0
     content = describe["body"]["messages"][0]["content"]
-    head, tail = I.DESCRIBE_PROMPT.split("{examples}")
+    head, tail = D.DESCRIBE_PROMPT.split("{examples}")
     assert content.startswith(head) and content.endswith(tail) and BAKING[0] in content and BAKING[1] in content
     assert "Task Overview You are a machine learning researcher" in content
     content = judge_yes["body"]["messages"][0]["content"]
-    assert content == I.JUDGE_PROMPT.format(description="asks about baking bread", input_text="how do I bake a pie?")
+    assert content == D.JUDGE_PROMPT.format(description="asks about baking bread", input_text="how do I bake a pie?")
     assert describe["headers"]["Authorization"] == f"Bearer {SECRET}"
     # no key in the environment: no Authorization header at all
     monkeypatch.delenv("SMOE_TEST_KEY")
@@ -314,7 +391,7 @@ def test_openai_describe_and_judge_send_the_paper_prompts(stub, monkeypatch):
     assert "Authorization" not in stub.requests[-1]["headers"]
     # an answer that is neither YES nor NO is an error naming the expert
     stub.mode = "maybe"
-    with pytest.raises(I.InterpretError, match="expert 2: judge answered 'MAYBE', not YES or NO"):
+    with pytest.raises(D.InterpretError, match="expert 2: judge answered 'MAYBE', not YES or NO"):
         backend.judge(2, "asks about law", ["what is a tort?"])
 
 
@@ -322,7 +399,7 @@ def test_openai_http_errors_fail_after_bounded_retries_without_leaking_the_key(s
     monkeypatch.setenv("SMOE_TEST_KEY", SECRET)
     stub.mode = "fail"
     backend = openai(stub, retries=2)
-    with caplog.at_level("DEBUG"), pytest.raises(I.InterpretError) as info:
+    with caplog.at_level("DEBUG"), pytest.raises(D.InterpretError) as info:
         backend.describe(3, BAKING[:2])
     message = str(info.value)
     assert message.startswith("expert 3: describe request to ") and "failed after 3 attempts: HTTP 500" in message
@@ -331,7 +408,7 @@ def test_openai_http_errors_fail_after_bounded_retries_without_leaking_the_key(s
     assert "attempt 1/3 failed" in caplog.text
     # a non-transient error is not retried
     stub.mode, stub.requests = "unauthorized", []
-    with pytest.raises(I.InterpretError, match="expert 4: judge request .* failed after 1 attempt: HTTP 401") as info:
+    with pytest.raises(D.InterpretError, match="expert 4: judge request .* failed after 1 attempt: HTTP 401") as info:
         backend.judge(4, "d", ["x"])
     assert len(stub.requests) == 1 and SECRET not in str(info.value)
 
@@ -340,7 +417,7 @@ def test_openai_timeout_fails_quickly_naming_the_expert(stub):
     stub.mode = "sleep"  # the handler sleeps 2 s before answering
     backend = openai(stub, timeout=0.2, retries=1)
     start = time.monotonic()
-    with pytest.raises(I.InterpretError, match=r"expert 5: judge request .* failed after 2 attempts: timed out"):
+    with pytest.raises(D.InterpretError, match=r"expert 5: judge request .* failed after 2 attempts: timed out"):
         backend.judge(5, "asks about baking", ["bake?"])
     assert time.monotonic() - start < 1.5
     assert len(stub.requests) == 2
@@ -374,13 +451,16 @@ def topic_run(tiny_llama, tmp_path_factory):
 
 def test_interpret_variant_writes_the_expert_table(topic_run, tmp_path):
     root, cache, prepared = topic_run
-    report = I.interpret_variant(cache, prepared, root / "models" / "sparse", tmp_path / "sparse", "keywords",
-                                 "keywords", per_stratum=5, scratch=tmp_path / "s", extra={"experiment": "tiny"})
+    config = I.InterpretConfig(per_stratum=5)
+    report = I.interpret_variant(cache, prepared, root / "models" / "sparse", tmp_path / "sparse", config,
+                                 scratch=tmp_path / "s", extra={"experiment": "tiny"})
     data = json.loads((tmp_path / "sparse" / "experts.json").read_text())
     assert data == json.loads(json.dumps(report))
     assert data["num_experts"] == 2 and len(data["experts"]) == 2 and data["variant"] == "sparse"
     assert np.isfinite(data["description_fidelity"]) and np.isfinite(data["description_fidelity_random"])
     assert data["specialization_kind"] == "category" and data["num_test_prompts"] == 6
+    assert (data["describer"], data["judge"], data["top_n"], data["per_stratum"], data["top_m"], data["seed"]) == \
+        ("keywords", "keywords", 20, 5, 0.1, 0)
     validation = {r for r in BAKING[2::4] + LAW[2::4]}
     for e in data["experts"]:
         assert e["description"].startswith("keywords: ") and np.isfinite(e["fidelity"])
@@ -391,28 +471,53 @@ def test_interpret_variant_writes_the_expert_table(topic_run, tmp_path):
     table = (tmp_path / "sparse" / "experts.md").read_text().splitlines()
     assert "| ID | Natural Language Description | Description Fidelity | Expert Specialization |" in table
     assert [line.split("|")[1].strip() for line in table if line.startswith("| ") and line[2].isdigit()] == ["0", "1"]
-    # a single head has nothing to interpret: skipped, nothing written
-    skipped = I.interpret_variant(cache, prepared, root / "models" / "single", tmp_path / "single", "keywords",
-                                  "keywords", scratch=tmp_path / "s2")
-    assert "single-expert" in skipped["skipped"] and not (tmp_path / "single").exists()
+    # a single head has nothing to interpret: an error naming why, nothing written
+    with pytest.raises(I.InterpretError, match="single-expert head has no routing"):
+        I.interpret_variant(cache, prepared, root / "models" / "single", tmp_path / "single", config,
+                            scratch=tmp_path / "s2")
+    assert not (tmp_path / "single").exists()
 
 
 def test_interpret_stage_command(topic_run, tmp_path):
     from stages import interpret as stage
 
     root, cache, prepared = topic_run
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"experiments": {"tiny": {"dataset": "tiny",
-                                                                                    "num_experts": 2}}}))
+    params = tmp_path / "params.yaml"
+
+    def invoke(interpret: dict, *extra: str):
+        params.write_text(yaml.safe_dump({"experiments": {"tiny": {"dataset": "tiny", "num_experts": 2}},
+                                          "interpret": interpret}))
+        return CliRunner().invoke(app, ["tiny", "sparse", "--params", str(params), "--features", str(cache.path),
+                                        "--model", str(root / "models" / "sparse"), "--prepared", str(prepared),
+                                        "--out", str(out), *extra])
+
     app = typer.Typer()
     app.command()(stage.main)
-    result = CliRunner().invoke(app, ["tiny", "--params", str(tmp_path / "params.yaml"), "-v", "sparse", "-v", "single",
-                                      "--features", str(cache.path), "--models", str(root / "models"),
-                                      "--prepared", str(prepared), "--out", str(tmp_path / "out"),
-                                      "--per-stratum", "5"])
+    out = tmp_path / "out" / "sparse"
+    result = invoke({"per_stratum": 5})  # the sample size comes from params.yaml now
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{"):])
-    assert set(summary) == {"sparse", "single"} and "skipped" in summary["single"]
-    assert np.isfinite(summary["sparse"]["description_fidelity"])
-    assert (tmp_path / "out" / "sparse" / "experts.md").exists()
-    report = json.loads((tmp_path / "out" / "sparse" / "experts.json").read_text())
-    assert report["experiment"] == "tiny" and report["dataset"] == "tiny"
+    assert set(summary) == {"sparse"} and np.isfinite(summary["sparse"]["description_fidelity"])
+    assert (out / "experts.md").exists()
+    report = json.loads((out / "experts.json").read_text())
+    assert report["experiment"] == "tiny" and report["dataset"] == "tiny" and report["per_stratum"] == 5
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sparse"]  # the staging folder is gone
+    before = {f: (out / f).read_bytes() for f in ("experts.json", "experts.md")}
+
+    # a describer that fails (nothing listens on port 9) keeps the previous outputs whole
+    failed = invoke({"per_stratum": 5, "describer": "openai:http://127.0.0.1:9/v1"}, "--retries", "0",
+                    "--timeout", "5")
+    assert isinstance(failed.exception, I.InterpretError), failed.output
+    assert "expert 0: describe request" in str(failed.exception)
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sparse"]
+
+    # a bad params value: click's usage error naming the block and the key
+    bad = invoke({"top_n": 0})
+    assert bad.exit_code == 2 and "interpret: top_n must be an integer >= 1" in bad.output
+
+    # single and hyre have no router: one line on stderr, exit 1, nothing written
+    proc = subprocess.run([sys.executable, "-m", "stages.interpret", "tiny", "single", "--params", str(params),
+                           "--out", str(tmp_path / "single")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: single has no input-dependent router")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "single").exists()

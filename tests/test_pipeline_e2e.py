@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,23 +15,29 @@ import yaml
 from tests.conftest import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("single", "vanilla", "micro", "sparse", "hyre")
+EXPERIMENTS = ("categories", "attributes", "users")
+# one progress line of pipeline/progress.py in log mode: "<what>: done/total <unit> ..."
+PROGRESS_LINE = r"featurize[^\n]*: \d+/\d+ "
 
 
-def sh(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
 def test_repro_share_pull_sweep_and_verify(tmp_path):
-    """The issue's workflow: repro; push to a local remote; a fresh clone pulls; repro there
-    reruns nothing; a lambda sweep reruns only train onward; cache info passes, then fails
-    on a corrupted shard, naming it."""
+    """The issue's workflow: repro (long stages log progress lines); push to a local
+    remote; a fresh clone pulls; repro there reruns nothing; a lambda sweep reruns only
+    sparse's stages and the report; cache info passes, then fails on a corrupted shard,
+    naming it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     model = build_tiny_llama(tmp_path / "tiny")
-    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("pipeline", "stages"):  # the stages' code deps
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["backbone"]["source"] = str(model)
@@ -48,9 +55,14 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
     sh(["dvc", "init", "-q"], repo)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
 
-    out = sh(["dvc", "repro"], repo)
+    # Under dvc repro stderr is not a terminal: progress comes as periodic lines (every
+    # line here, with the interval at 0), not as a carriage-return bar.
+    out = sh(["dvc", "repro"], repo, env={**os.environ, "SMOE_PROGRESS_INTERVAL": "0"})
     for stage in ("backbone", "prepare@categories", "featurize@users"):
         assert f"Running stage '{stage}'" in out
+    featurize_log = out[out.index("Running stage 'featurize@categories'"):out.index("Running stage 'featurize@attributes'")]
+    progress_lines = re.findall(PROGRESS_LINE, featurize_log)
+    assert len(progress_lines) >= 2 and "\r" not in featurize_log, featurize_log
     for dataset in ("categories", "attributes", "users"):
         manifest = json.loads((repo / "data" / "features" / dataset / "manifest.json").read_text())
         assert manifest["num_pairs"] > 0 and manifest["hidden_size"] == 32
@@ -59,19 +71,20 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
     again = sh(["dvc", "repro"], repo)
     assert "Running stage" not in again and "up to date" in again
 
-    for variant in ("single", "vanilla", "micro", "sparse", "hyre"):
-        metrics = json.loads((repo / "data" / "predictions" / "categories" / f"{variant}_metrics.json").read_text())
+    for variant in VARIANTS:
+        metrics = json.loads((repo / "data" / "predictions" / "categories" / variant / "metrics.json").read_text())
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["variant"] == variant
         assert (repo / "data" / "models" / "categories" / variant / "model.safetensors").exists()
     assert (repo / "data" / "plots" / "train" / "categories" / "sparse" / "train" / "div.tsv").exists()
     assert (repo / "data" / "interpret" / "categories" / "sparse" / "experts.md").exists()  # offline default
-    assert "description_fidelity" in json.loads((repo / "data" / "metrics" / "categories" / "sparse.json").read_text())
-    steering = json.loads((repo / "data" / "steer" / "attributes" / "steering.json").read_text())
+    interpreted = json.loads((repo / "data" / "metrics" / "categories" / "interpret-sparse.json").read_text())
+    assert "description_fidelity" in interpreted
+    steering = json.loads((repo / "data" / "steer" / "attributes" / "sparse.json").read_text())
     assert set(steering["sparse"]["flip_rate_by_weight"]) == {"0.25", "0.5", "0.75", "1.0"}
     for experiment in ("attributes", "users"):
-        personalization = json.loads((repo / "data" / "personalize" / experiment / "personalization.json").read_text())
-        assert set(personalization) == {"single", "vanilla", "micro", "sparse", "hyre", "settings"}
-        assert (repo / "data" / "personalize" / experiment / "personalization.md").exists()
+        for variant in VARIANTS:
+            path = repo / "data" / "personalize" / experiment / variant / "personalization.json"
+            assert variant in json.loads(path.read_text()), path
     report = (repo / "data" / "report" / "REPORT.md").read_text()
     assert "### Table 1:" in report and "### Table 13:" in report
 
@@ -96,7 +109,7 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
     assert {"accuracy", "routing_entropy", "global_entropy", "expert_correlation"} <= set(sparse)
     assert all(isinstance(v, (int, float)) for f in files.values() for row in f["data"].values()
                for v in (row.values() if isinstance(row, dict) else [row]))  # nothing nested deeper than a model
-    assert "data/metrics/attributes/steering.json" in files
+    assert "data/metrics/attributes/steer-sparse.json" in files
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     assert not plots.get("errors"), plots.get("errors")
     assert {"Fig. 2 flip rate (attributes)", "Fig. 8 personalization by user"} <= set(plots["data"])
@@ -105,8 +118,10 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
     before = json.loads((clone / "data" / "metrics" / "categories" / "sparse.json").read_text())
     sweep = sh(["dvc", "exp", "run", "-S", "lambda_div=1.0"], clone)
     ran = set(re.findall(r"Running stage '([^']+)'", sweep))
-    downstream = {f"{stage}@{e}" for stage in ("train", "interpret", "evaluate") for e in ("categories", "attributes", "users")}
-    assert ran == downstream | {"steer", "personalize@attributes", "personalize@users", "report"}, sweep
+    sparse_stages = {f"train-sparse@{e}" for e in EXPERIMENTS} | {f"{stage}@{e}-sparse" for stage in ("interpret", "evaluate")
+                                                                  for e in EXPERIMENTS}
+    readers = {"steer@attributes-sparse", "personalize@attributes-sparse", "personalize@users-sparse", "report"}
+    assert ran == sparse_stages | readers, sweep
     after = json.loads((clone / "data" / "metrics" / "categories" / "sparse.json").read_text())
     assert after != before
 

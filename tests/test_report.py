@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from pipeline import report as R
 
@@ -153,6 +154,50 @@ def test_figure7_table_is_the_undesired_flip_rate_without_t_test():
     assert t["Sparse MoE"] == ["20.00", "11.00", "20.00", "26.00"]
 
 
+# per-attribute flip rates (Eq. 15 averaged over w) of the models in the per-variant steer files
+PER_ATTRIBUTE = {"sparse": [0.9, 0.8, 0.7, 0.95], "vanilla": [0.5, 0.6, 0.65, 0.5], "random": [0.3, 0.35, 0.2, 0.4]}
+
+
+def steer_file(variant: str, *models: str) -> dict:
+    """What `steer <exp> <variant>` writes: the variant (and for sparse, the random baseline)."""
+    out = {m: {**{k: v for k, v in STEERING[m].items() if not k.startswith("t_test")},
+               "per_attribute": {a: {"flip_rate": v} for a, v in zip("abcd", PER_ATTRIBUTE[m])}}
+           for m in (variant, *models)}
+    out["settings"] = {"label": "attribute", "top_n": 100, "weights": [0.25, 0.5, 1.0], "random_repeats": 20,
+                       "seed": 0, "reference": "sparse", "variant": variant}
+    return out
+
+
+def test_steering_from_the_variant_files_gets_paired_t_tests_against_sparse():
+    merged, mismatched = R.merge_variants({"vanilla": steer_file("vanilla"), "sparse": steer_file("sparse", "random")})
+    assert not mismatched and set(merged) == {"vanilla", "sparse", "random", "settings"}
+    assert "variant" not in merged["settings"] and merged["settings"]["reference"] == "sparse"
+    steering = R.with_t_tests(merged)
+    assert "t_test_vs_sparse" not in merged["vanilla"]  # the input is left as it was
+    for other in ("vanilla", "random"):
+        expected = stats.ttest_rel(PER_ATTRIBUTE["sparse"], PER_ATTRIBUTE[other])
+        test = steering[other]["t_test_vs_sparse"]
+        assert math.isclose(test["t"], expected.statistic) and math.isclose(test["p_value"], expected.pvalue)
+        assert test["num_attributes"] == 4
+    assert "t_test_vs_sparse" not in steering["sparse"]
+    assert R.t_tests(steering) == {"reference": "sparse", "t_tests": {m: steering[m]["t_test_vs_sparse"]
+                                                                       for m in ("vanilla", "random")}}
+    t = rows(R.figure2_table(steering))
+    expected = stats.ttest_rel(PER_ATTRIBUTE["sparse"], PER_ATTRIBUTE["vanilla"])
+    assert t["Vanilla MoE"][-2:] == [f"{expected.statistic:.2f}", f"{expected.pvalue:.3g}"]
+    # without sparse there is nothing to test against
+    alone = R.with_t_tests(R.merge_variants({"vanilla": steer_file("vanilla")})[0])
+    assert "t_test_vs_sparse" not in alone["vanilla"] and R.t_tests(alone)["t_tests"] == {}
+
+
+def test_merge_variants_flags_files_made_with_different_settings():
+    other = steer_file("vanilla")
+    other["settings"]["top_n"] = 50
+    assert R.merge_variants({"vanilla": other, "sparse": steer_file("sparse")})[1]
+    assert not R.merge_variants({"vanilla": steer_file("vanilla"), "micro": {**steer_file("vanilla"),
+                                 "settings": {**steer_file("vanilla")["settings"], "variant": "micro"}}})[1]
+
+
 # ---------------------------------------------------------------------------- Tables 5, 6, 12, 13, Figure 8
 
 def _group(before: float, after: float, **extra) -> dict:
@@ -257,30 +302,35 @@ def _write(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, allow_nan=True))
 
 
+def personalization_file(variant: str) -> dict:
+    """What `personalize <exp> <variant>` writes."""
+    return {variant: PERSONALIZATION[variant], "settings": {**PERSONALIZATION["settings"], "variant": variant}}
+
+
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     data = tmp_path / "data"
     for v in ("single", "vanilla", "sparse"):  # micro and hyre not evaluated
-        _write(data / "predictions/categories" / f"{v}_metrics.json",
+        _write(data / "predictions/categories" / v / "metrics.json",
                {"single": {"accuracy": 0.7052, "routing_entropy": 0.0, "expert_correlation": math.nan}}.get(v, SPARSE))
-    _png(data / "plots/eval/categories/sparse_routing_by_category.png")
-    _png(data / "plots/eval/categories/sparse_expert_correlation.png")
+    _png(data / "plots/eval/categories/sparse/routing_by_category.png")
+    _png(data / "plots/eval/categories/sparse/expert_correlation.png")
     # the single head's per-category accuracy comes from its predictions
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"category": ["Academic"] * 4 + ["Cooking"] * 2, "correct": [True, True, True, False, True, False]}),
-                   data / "predictions/categories/single.parquet")
+                   data / "predictions/categories/single/predictions.parquet")
     for v in ("single", "sparse"):
-        _write(data / "predictions/attributes" / f"{v}_metrics.json", {"accuracy": 0.8, "description_fidelity_random": 0.02,
-                                                           "expert_specialization": 0.1})
+        _write(data / "predictions/attributes" / v / "metrics.json", {"accuracy": 0.8, "description_fidelity_random": 0.02,
+                                                                     "expert_specialization": 0.1})
     _write(data / "interpret/attributes/sparse/experts.json",
            {"description_fidelity": 0.4, "description_fidelity_random": 0.02, "describer": "keywords",
             "experts": [{"id": 0, "description": "asks for jokes", "fidelity": 0.5, "specialization": 0.12}]})
-    _write(data / "steer/attributes/steering.json", STEERING)
-    _png(data / "plots/steer/attributes/undesired_flip_rate.png")  # flip_rate.png is missing
-    _write(data / "personalize/users/personalization.json", PERSONALIZATION)
-    _png(data / "plots/personalize/users/adaptation_size.png")
+    _write(data / "steer/attributes/vanilla.json", steer_file("vanilla"))  # micro not steered
+    _write(data / "steer/attributes/sparse.json", steer_file("sparse", "random"))
+    for v in ("single", "sparse"):  # the others not personalized
+        _write(data / "personalize/users" / v / "personalization.json", personalization_file(v))
     return data
 
 
@@ -292,20 +342,57 @@ def test_build_report_writes_every_section_with_self_contained_figures(data_dir,
     for heading in ("### Table 1:", "### Routing heatmaps", "### Table 9:", "### Table 10:", "### Figure 2:",
                     "### Figure 7:", "### Table 4:", "### Table 11:", "#### Table 13:", "## 5. Ablation"):
         assert heading in text, heading
-    # every image link is relative and resolves inside the report folder
+    # every image link is relative and resolves inside the report folder: the evaluation heatmaps
+    # copied, Fig. 2, 7 (steering) and 8 (users) drawn across the variants' results
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 4 and all(not Path(link).is_absolute() for link in links)
-    assert all((out / link).is_file() for link in links)
-    assert "figures/eval-categories-sparse_routing_by_category.png" in links
+    assert all(not Path(link).is_absolute() for link in links) and all((out / link).is_file() for link in links)
+    assert sorted(links) == ["figures/eval-categories-sparse-expert_correlation.png",
+                             "figures/eval-categories-sparse-routing_by_category.png",
+                             "figures/personalize-users-adaptation_size.png",
+                             "figures/steer-attributes-flip_rate.png",
+                             "figures/steer-attributes-undesired_flip_rate.png"]
     # description fidelity reached Table 4 from interpret's experts.json (the metrics lack it)
     assert rows(text.split("### Table 4:")[1].split("###")[0])["Sparse MoE"] == ["80.00", "0.40", "10.00"]
     # single's per-category accuracy from its predictions: Academic 3/4, sparse 70.50 -> -4.50
     assert "| Academic | 617 | 70.50 (-4.50) |" in text
+    # Fig. 2: every steered model with its paired t-test against sparse, computed here
+    figure2 = rows(text.split("### Figure 2:")[1].split("###")[0])
+    expected = stats.ttest_rel(PER_ATTRIBUTE["sparse"], PER_ATTRIBUTE["vanilla"])
+    assert figure2["Vanilla MoE"] == ["42.13", "19.00", "39.00", "60.00", f"{expected.statistic:.2f}", f"{expected.pvalue:.3g}"]
+    assert figure2["Sparse MoE"][:4] == ["54.55", "32.00", "52.00", "71.00"] and "Random" in figure2
+    saved = json.loads((out / "steering-attributes.json").read_text())
+    assert saved["reference"] == "sparse" and set(saved["t_tests"]) == {"vanilla", "random"}
+    assert math.isclose(saved["t_tests"]["vanilla"]["p_value"], expected.pvalue)
+    # personalization across the variants' files, also on its own page
+    assert rows(text.split("#### Table 13:")[1].split("####")[0])["Sparse MoE"] == \
+        ["55.00 (+5.00)", "74.04 (+43.27)", "64.82 (+17.21)"]
+    page = (out / "personalization-users.md").read_text()
+    assert page.startswith("# Personalization by user (`users`)")
+    for heading in ("#### Table 5:", "#### Table 13:", "#### Table 6: most upweighted expert of Sparse MoE",
+                    "#### Figure 8:"):
+        assert heading in page, heading
+    assert "asks for a summary" in page and "Table 6: most upweighted expert of Single" not in page
+    assert "](figures/personalize-users-adaptation_size.png)" in page
     # absent optional inputs are named, not fatal
-    assert f"`{data_dir / 'predictions/categories/micro_metrics.json'}`" in text
-    assert f"`{data_dir / 'plots/steer/attributes/flip_rate.png'}`" in text
-    assert f"`{data_dir / 'personalize/attributes/personalization.json'}`" in text
+    assert f"`{data_dir / 'predictions/categories/micro/metrics.json'}`" in text
+    assert f"`{data_dir / 'plots/eval/attributes/sparse/expert_correlation.png'}`" in text
+    assert f"`{data_dir / 'steer/attributes/micro.json'}`" in text
+    assert f"`{data_dir / 'personalize/users/micro/personalization.json'}`" in text
+    for v in R.VARIANTS:
+        assert f"`{data_dir / f'personalize/attributes/{v}/personalization.json'}`" in text
+    assert f"`{data_dir / 'personalize/attributes/sparse/personalization.json'}`" in \
+        (out / "personalization-attributes.md").read_text()
     assert "Table 8 is not included" in text and "smoe grid" in text and "### Table 8" not in text
+    assert "different settings" not in text
+
+
+def test_build_report_notes_variants_run_with_different_settings(data_dir, tmp_path):
+    stale = personalization_file("single")
+    stale["settings"]["sizes"] = [5, 10]
+    _write(data_dir / "personalize/users/single/personalization.json", stale)
+    text = R.build_report(data_dir, tmp_path / "report").read_text()
+    assert "the `personalize` results of `users` were made with different settings" in text
+    assert "`steer` results" not in text
 
 
 def test_build_report_includes_table8_once_a_grid_exists(data_dir, tmp_path):
@@ -332,7 +419,21 @@ def test_stage_cli_writes_the_report(data_dir, tmp_path):
     app = typer.Typer()
     app.command()(stage.main)
     assert "--categories" in CliRunner().invoke(app, ["--help"]).output
-    result = CliRunner().invoke(app, ["--data", str(data_dir), "--out", str(tmp_path / "r"), "--users", "nope"])
+    out = tmp_path / "r"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "stale.png").write_text("from an earlier report")
+    (out / "REPORT.md").write_text("old report")
+    (out / "notes.txt").write_text("not the report's")
+    result = CliRunner().invoke(app, ["--data", str(data_dir), "--out", str(out), "--users", "nope"])
     assert result.exit_code == 0, result.output
-    text = (tmp_path / "r/REPORT.md").read_text()
-    assert f"`{data_dir / 'personalize/nope/personalization.json'}`" in text
+    text = (out / "REPORT.md").read_text()
+    assert f"`{data_dir / 'personalize/nope/sparse/personalization.json'}`" in text
+    assert (out / "notes.txt").read_text() == "not the report's"  # only the report's own entries are replaced
+    assert not (out / "figures" / "stale.png").exists() and (out / "figures" / "steer-attributes-flip_rate.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["REPORT.md", "figures", "notes.txt", "personalization-attributes.md",
+                                                     "personalization-nope.md", "steering-attributes.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "r"]  # no staging folder left behind
+    # a failed run leaves the previous report as it was
+    failed = CliRunner().invoke(app, ["--data", str(tmp_path / "nothing"), "--out", str(out)])
+    assert isinstance(failed.exception, R.ReportError)
+    assert (out / "REPORT.md").read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == ["data", "r"]

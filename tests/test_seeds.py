@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.grid import GridError
-from pipeline.seeds import by_group, flatten, load_seed_runs, per_seed_table, seeds_report, summary_table, wins
+from tooling.grid import GridError
+from tooling.seeds import by_group, flatten, load_seed_runs, per_seed_table, seeds_report, summary_table, wins
 from stages.cli import app  # the registered `smoe seeds`
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.share import missing_outputs, recorded_outputs
+from tooling.share import missing_outputs, recorded_outputs
 
 DVC = [sys.executable, "-m", "dvc"]
 SMOE = [sys.executable, "-c", "from stages.cli import main; main()"]

@@ -15,10 +15,10 @@ from pipeline.backbone import BackboneConfig, load, source_identity
 from pipeline.cache import CacheError, FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import HeadConfig, IncompatibleFeaturesError, RewardHead, check_compatible
-from pipeline.pair_states import PairStates
+from pipeline.split_store import SplitStore
 from pipeline.reward_model import RewardModel
-from pipeline.synthetic import write_synthetic_cache
-from pipeline.train import (CacheMismatchError, TrainConfig, check_cache_backbone, evaluate, make_variant,
+from tooling.synthetic_cache import write_synthetic_cache
+from pipeline.train import (CacheMismatchError, TrainConfig, check_cache_backbone, make_variant, validation_metrics,
                             train_experiment, train_variant)
 from tests.test_featurize import write_prepared
 
@@ -34,8 +34,8 @@ def clustered(tmp_path_factory) -> FeatureCache:
                                               pairs_per_shard=400, seed=3))
 
 
-def states(cache: FeatureCache, split: str, tmp_path: Path, seed: int = 0) -> PairStates:
-    return PairStates.build(cache, split, tmp_path / f"scratch-{split}-{seed}", seed=seed)
+def states(cache: FeatureCache, split: str, tmp_path: Path, seed: int = 0) -> SplitStore:
+    return SplitStore.build(cache, split, tmp_path / f"scratch-{split}-{seed}", seed=seed)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -77,13 +77,13 @@ def test_nan_in_features_names_the_shard_and_row(tmp_path):
     path = write_synthetic_cache(tmp_path / "c", num_pairs=100, hidden_size=8, pairs_per_shard=40, nan_at=55)
     with pytest.raises(CacheError, match=r"shard-00001\.parquet: row 15 .*NaN or inf in response_state"):
         for split in ("train", "validation", "test"):
-            PairStates.build(FeatureCache(path), split, tmp_path / "s")
+            SplitStore.build(FeatureCache(path), split, tmp_path / "s")
 
 
 def test_empty_split_is_a_clear_error(tmp_path):
     path = write_synthetic_cache(tmp_path / "c", num_pairs=50, hidden_size=8, split_fractions=(1.0, 0.0, 0.0))
     with pytest.raises(CacheError, match=r"split 'validation' has no pairs .*'train': 50"):
-        PairStates.build(FeatureCache(path), "validation", tmp_path / "s")
+        SplitStore.build(FeatureCache(path), "validation", tmp_path / "s")
 
 
 def test_cache_from_another_backbone_or_size_is_refused(clustered):
@@ -122,7 +122,7 @@ def test_sparse_moe_finds_the_clusters_a_single_head_cannot_fit(clustered, tmp_p
     for name in ("single", "vanilla", "micro", "sparse", "hyre"):
         head, curves = train_variant(make_variant(name, hidden_size=16, num_experts=4, lambdas=LAMBDAS, config=config),
                                      tr, va, config, show_progress=False)
-        results[name] = evaluate(head, te)
+        results[name] = validation_metrics(head, te)
         assert len(curves["validation"]) == 15 and np.isfinite([r.get("loss", r.get("bt")) for r in curves["train"]]).all()
     assert results["sparse"]["accuracy"] > results["single"]["accuracy"] + 0.1, results
     # confident per-example routing that still uses several experts (a collapsed router has ~0)
@@ -146,7 +146,7 @@ def test_train_experiment_writes_heads_curves_and_provenance(clustered, tmp_path
     # the saved head reloads and scores identically
     head = RewardHead.load(tmp_path / "models" / "sparse")
     te = states(clustered, "test", tmp_path)
-    assert evaluate(head, te) == evaluate(RewardHead.load(tmp_path / "models" / "sparse"), te)
+    assert validation_metrics(head, te) == validation_metrics(RewardHead.load(tmp_path / "models" / "sparse"), te)
 
 
 def test_routing_override_selects_experts():
@@ -234,7 +234,7 @@ def test_smoe_score_cli(tiny_llama, tiny_cache, tmp_path):
 def test_smoe_train_refuses_a_cache_from_another_backbone(clustered, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # backbone.source: smollm2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(["smoe", "train", "categories", "--params", str(tmp_path / "params.yaml"),
+    proc = subprocess.run(["smoe", "train", "categories", "sparse", "--params", str(tmp_path / "params.yaml"),
                            "--features", str(clustered.path), "--out", str(tmp_path / "m"), "--no-progress"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1 and "error:" in proc.stderr and "built by backbone 'synthetic'" in proc.stderr
@@ -242,15 +242,16 @@ def test_smoe_train_refuses_a_cache_from_another_backbone(clustered, tmp_path):
 
 
 def test_evaluate_writes_category_metrics_figures_and_examples(clustered, tmp_path):
-    from pipeline.evaluate import evaluate_experiment
+    from pipeline.evaluate import evaluate_variant
 
     train_experiment(clustered, tmp_path / "models", tmp_path / "curves", variants=["single", "sparse"],
                      num_experts=4, lambdas=LAMBDAS, config=FAST, scratch=tmp_path / "s", show_progress=False)
     prompts = {pid: f"prompt of {pid}" for pid in clustered.pairs().column("pair_id").to_pylist()}
-    results = evaluate_experiment(clustered, tmp_path / "models", ["single", "sparse"], metrics_dir=tmp_path / "m",
-                                  predictions_dir=tmp_path / "p", scratch=tmp_path / "s2", figures_dir=tmp_path / "f",
-                                  prompts=prompts)
-    sparse = json.loads((tmp_path / "p" / "sparse_metrics.json").read_text())
+    results = {name: evaluate_variant(clustered, tmp_path / "models" / name, name, metrics_path=tmp_path / "m" / f"{name}.json",
+                                      predictions_dir=tmp_path / "p" / name, scratch=tmp_path / "s2",
+                                      figures_dir=tmp_path / "f" / name, prompts=prompts)
+               for name in ("single", "sparse")}
+    sparse = json.loads((tmp_path / "p" / "sparse" / "metrics.json").read_text())
     assert sparse == json.loads(json.dumps(results["sparse"]))
     # the DVC metrics file: the key numbers only, flat, so `dvc exp show` gets a column each
     key = json.loads((tmp_path / "m" / "sparse.json").read_text())
@@ -263,12 +264,12 @@ def test_evaluate_writes_category_metrics_figures_and_examples(clustered, tmp_pa
         assert np.isfinite(sparse[key]), key
     assert len(sparse["experts"]["category"]) == 4 and set(sparse["per_category"]) == {f"cluster{i}" for i in range(4)}
     assert "category_coverage" not in results["single"]  # no router: nothing to specialize
-    assert (tmp_path / "f" / "sparse_routing_by_category.png").stat().st_size > 1000
-    assert (tmp_path / "f" / "sparse_expert_correlation.png").exists()
-    examples = (tmp_path / "p" / "sparse_examples.md").read_text()
+    assert (tmp_path / "f" / "sparse" / "routing_by_category.png").stat().st_size > 1000
+    assert (tmp_path / "f" / "sparse" / "expert_correlation.png").exists()
+    examples = (tmp_path / "p" / "sparse" / "examples.md").read_text()
     assert examples.count("| prompt of ") == 8  # 2 per category
     # predictions join back to the cache by pair id
     import pyarrow.parquet as pq
-    table = pq.read_table(tmp_path / "p" / "sparse.parquet")
+    table = pq.read_table(tmp_path / "p" / "sparse" / "predictions.parquet")
     test_ids = {r["pair_id"] for r in clustered.pairs().to_pylist() if r["split"] == "test"}
     assert set(table.column("pair_id").to_pylist()) == test_ids

@@ -27,6 +27,7 @@ from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
 from pipeline.models import RewardHead
 from pipeline.pairs import as_messages, canonical_prompt
 from pipeline.reward_model import RewardModel
+from pipeline.errors import UserError
 
 KEYS = ("prompt", "chosen", "rejected")
 METHODS = {
@@ -36,7 +37,7 @@ METHODS = {
 }
 
 
-class PreferenceFileError(ValueError):
+class PreferenceFileError(UserError, ValueError):
     """A user's preference file (or the place its adapted model should go) cannot be used."""
 
 

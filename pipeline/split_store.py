@@ -3,7 +3,7 @@
 The cache stores each sequence once (``shards/``) and pairs by id (``pairs.parquet``).
 Training wants the opposite: for every pair, its router input and both response states,
 in random order, without holding the cache in memory (a 200K-pair cache at hidden 3072 is
-~5 GB). :meth:`PairStates.build` makes one pass over the shards and writes
+~5 GB). :meth:`SplitStore.build` makes one pass over the shards and writes
 
     <scratch>/<split>.f16    float16 [num_pairs, 3, H]: (prompt_state, chosen, rejected)
 
@@ -28,23 +28,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.cache import CacheError, FeatureCache, arrow_to_vectors
+from pipeline.progress import progress
 
-SLOTS = ("prompt_state", "chosen", "rejected")
 DTYPE = np.float16
 
 
 @dataclass
 class Batch:
-    rows: np.ndarray          # row indices into PairStates.pair_ids
+    rows: np.ndarray          # row indices into SplitStore.pair_ids
     prompt: torch.Tensor      # [B, H] float32
     chosen: torch.Tensor
     rejected: torch.Tensor
 
 
-class PairStates:
+class SplitStore:
     def __init__(self, path: Path, pair_ids: list[str], metadata: pa.Table, hidden_size: int):
         self.path = Path(path)
         self.pair_ids = pair_ids
@@ -70,7 +69,7 @@ class PairStates:
 
     @classmethod
     def build(cls, cache: FeatureCache, split: str, scratch: str | Path, *, seed: int = 0,
-              show_progress: bool = False) -> "PairStates":
+              show_progress: bool = False) -> "SplitStore":
         pairs = cache.pairs()
         pairs = pairs.filter(pc.equal(pairs.column("split"), split))
         if pairs.num_rows == 0:
@@ -91,8 +90,8 @@ class PairStates:
             f.truncate(pairs.num_rows * 3 * hidden * np.dtype(DTYPE).itemsize)
         found: set[str] = set()
         batches = cache.iter_batches(["seq_id", "response_state", "prompt_state"])
-        for shard_path, offset, batch in tqdm(batches, desc=f"reading {split} states", unit="batch",
-                                              disable=not show_progress):
+        for shard_path, offset, batch in progress(None, f"reading {split} states", "batch", iterable=batches,
+                                                  enabled=show_progress):
             ids = batch.column(0).to_pylist()
             hits = [i for i, sid in enumerate(ids) if sid in targets]
             if not hits:

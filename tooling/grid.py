@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pipeline.errors import UserError
 
 LAMBDAS = ("lambda_ls", "lambda_gb", "lambda_div")
 
@@ -78,7 +79,7 @@ HEATMAP_RANGE: dict[str, tuple[float | None, float | None, str]] = {
 }
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """The `dvc exp show --json` output cannot be read as a grid."""
 
 
@@ -144,7 +145,13 @@ def _num_experts(params: dict, metrics_file: str) -> int | None:
 # reading `dvc exp show --json`
 
 def dvc_exp_show() -> list | dict:
-    """`dvc exp show --json` in the current directory, with the dvc of this environment."""
+    """`dvc exp show --json` in the current directory, with the dvc of this environment.
+
+    Not ``dvc.api.exp_show``: that returns the rendered table, whose metric columns are
+    named by the shortest unique suffix (``accuracy`` while one metrics file has that key,
+    ``sparse.json:accuracy`` once two do), so a column's name would change with the set of
+    metric files, and it turns integer params into floats (K = 5.0). The JSON keeps each
+    value under its file and key (checked on DVC 3.67)."""
     proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise GridError(f"`dvc exp show --json` failed (exit {proc.returncode}): "

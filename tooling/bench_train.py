@@ -8,7 +8,7 @@ for each of P lambda points (one for `train`, P for `sweep`):
 
 - cached (:func:`from_cache`): what this project does. Featurize the pairs once into a
   temporary cache (the real ``featurize``), build the pair store once
-  (``PairStates.build``), then train every point with ``train_variant``, each reading
+  (``SplitStore.build``), then train every point with ``train_variant``, each reading
   only the stored states. Wall = featurize + build + training of all points.
 - naive (:func:`backbone_in_the_loop`): what MiCRo's public code does. Every training
   step runs the frozen backbone over the batch's chosen and rejected sequences (one padded
@@ -41,12 +41,12 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.backbone import Backbone, BackboneConfig, Encoded, load
-from pipeline.bench import run_isolated, subset_pairs
+from tooling.bench import run_isolated, subset_pairs
 from pipeline.cache import FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import RewardHead
-from pipeline.pair_states import PairStates
-from pipeline.synthetic import write_synthetic_cache
+from pipeline.split_store import SplitStore
+from tooling.synthetic_cache import write_synthetic_cache
 from pipeline.train import TrainConfig, Variant, _param_groups, batch_loss, make_variant, train_variant
 
 PAPER_LAMBDAS = {"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0}
@@ -153,7 +153,7 @@ def from_cache(pairs: str, backbone_config: dict[str, Any], featurize_config: di
         featurize_s = time.perf_counter() - start
         start = time.perf_counter()
         cache = FeatureCache(Path(tmp) / "cache")
-        train = PairStates.build(cache, "train", Path(tmp) / "scratch", seed=config.seed)
+        train = SplitStore.build(cache, "train", Path(tmp) / "scratch", seed=config.seed)
         build_s = time.perf_counter() - start
         point_s, curves = [], []
         for lambdas in points:
@@ -180,8 +180,8 @@ def compare(prepared: str | Path, limit: int, backbone_config: BackboneConfig, f
         pairs = str(subset_pairs(prepared, limit, tmp, split="train"))
         common = dict(pairs=pairs, backbone_config=vars(backbone_config), train_config=vars(train_config),
                       num_experts=num_experts, points=points)
-        naive = run_isolated("pipeline.bench_train:backbone_in_the_loop", **common)
-        cached = run_isolated("pipeline.bench_train:from_cache", featurize_config=vars(featurize_config), **common)
+        naive = run_isolated("tooling.bench_train:backbone_in_the_loop", **common)
+        cached = run_isolated("tooling.bench_train:from_cache", featurize_config=vars(featurize_config), **common)
     if naive["pairs"] != cached["pairs"]:
         raise RuntimeError(f"the modes trained on different pairs: naive {naive['pairs']}, cached {cached['pairs']}")
     saved_per_epoch = naive["epoch_s"] - cached["epoch_s"]
@@ -199,8 +199,8 @@ def run(cache_dir: str, num_experts: int, train_config: dict[str, Any]) -> dict[
     cache = FeatureCache(cache_dir)
     with tempfile.TemporaryDirectory(prefix="smoe-bench-train-") as scratch:
         start = time.perf_counter()
-        train = PairStates.build(cache, "train", scratch, seed=config.seed)
-        validation = PairStates.build(cache, "validation", scratch, seed=config.seed)
+        train = SplitStore.build(cache, "train", scratch, seed=config.seed)
+        validation = SplitStore.build(cache, "validation", scratch, seed=config.seed)
         build_s = time.perf_counter() - start
         variant = _sparse(cache.hidden_size, num_experts, PAPER_LAMBDAS, config)
         start = time.perf_counter()
@@ -225,7 +225,7 @@ def bench(workdir: str | Path, *, num_pairs: int, hidden_size: int, num_experts:
         write_synthetic_cache(cache_dir, num_pairs=num_pairs, hidden_size=hidden_size, num_clusters=num_experts,
                               split_fractions=(0.9, 0.05, 0.05), pairs_per_shard=10_000, show_progress=show_progress)
         write_s = time.perf_counter() - start
-    result = run_isolated("pipeline.bench_train:run", cache_dir=str(cache_dir), num_experts=num_experts,
+    result = run_isolated("tooling.bench_train:run", cache_dir=str(cache_dir), num_experts=num_experts,
                           train_config=vars(config))
     cache_bytes = sum(p.stat().st_size for p in (cache_dir / "shards").glob("*.parquet"))
     return {**result, "cache_pairs": num_pairs, "cache_gb": cache_bytes / 1e9, "write_cache_s": write_s}

@@ -17,7 +17,7 @@ pass. It uses the same loaded backbone and the same tokenization as the real pat
 differs is exactly what `featurize` adds: each unique sequence once, prompts shared
 across responses, length-sorted token-budget batches, overlapped writing.
 
-The training and sweep benchmarks are in ``pipeline/bench_train.py``.
+The training and sweep benchmarks are in ``tooling/bench_train.py``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run_isolated(target: str, **kwargs: Any) -> dict[str, Any]:
     ``kwargs`` in a fresh Python process; return its dict plus that process's
     ``peak_rss_mb``. The child prints its result as the last line of stdout (libraries
     may print before it)."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", target, json.dumps(kwargs)],
+    proc = subprocess.run([sys.executable, "-m", "tooling.bench", target, json.dumps(kwargs)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark {target} failed:\n{proc.stderr[-3000:]}")
@@ -148,14 +148,14 @@ def compare(prepared: str | Path, limit: int, backbone_config: BackboneConfig,
     with tempfile.TemporaryDirectory() as tmp:
         pairs_path = subset_pairs(prepared, limit, tmp)
         results: dict[str, Any] = {
-            mode: run_isolated("pipeline.bench:featurize_mode", mode=mode, pairs=str(pairs_path),
+            mode: run_isolated("tooling.bench:featurize_mode", mode=mode, pairs=str(pairs_path),
                                backbone_config=vars(backbone_config), featurize_config=vars(config))
             for mode in ("naive", "real")}
     results["speedup_wall"] = results["naive"]["seconds"] / results["real"]["seconds"]
     return results
 
 
-if __name__ == "__main__":  # run_isolated's child: python -m pipeline.bench module:function '{"kwarg": ...}'
+if __name__ == "__main__":  # run_isolated's child: python -m tooling.bench module:function '{"kwarg": ...}'
     module, function = sys.argv[1].split(":")
     result = getattr(importlib.import_module(module), function)(**json.loads(sys.argv[2]))
     result["peak_rss_mb"] = peak_rss_mb()  # after the work: the mode's own peak

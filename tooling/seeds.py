@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.grid import GridError, exp_entries, file_data, fmt_metric
 from pipeline.metrics import KEY_METRICS
+from pipeline.models import VARIANTS
+from tooling.grid import GridError, exp_entries, file_data, fmt_metric
 
 # the metrics the per-seed tables show by default: the ones category discovery hinges on
 DEFAULT_PER_SEED = ("category_coverage", "expert_purity", "accuracy")
@@ -68,7 +69,8 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _variant_metrics(metric_files: dict | None, experiment: str) -> dict[str, dict[str, float]]:
-    pattern = re.compile(rf"data/metrics/{re.escape(experiment)}/([^/]+)\.json")
+    # evaluate's per-variant files only, not interpret-/steer-/personalize-<variant>.json beside them
+    pattern = re.compile(rf"data/metrics/{re.escape(experiment)}/({'|'.join(VARIANTS)})\.json")
     out = {}
     for path in metric_files or {}:
         match = pattern.fullmatch(posixpath.normpath(path.replace("\\", "/")))

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pipeline.errors import UserError
 
 
-class PullError(RuntimeError):
+class PullError(UserError, RuntimeError):
     """`dvc pull` failed; the message says why (DVC's own error is printed above it)."""
 
 
