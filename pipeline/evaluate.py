@@ -120,6 +120,11 @@ def evaluate_variant(cache: FeatureCache, model_dir: str | Path, name: str, *, m
               "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
     predictions_dir = Path(predictions_dir)
     predictions_dir.mkdir(parents=True, exist_ok=True)
+    if figures_dir is not None:  # every head: how far its reward separates the pairs it gets right from the rest
+        margin = metrics.mixture_margin(weights, margins)
+        figures.histogram({"correct": margin[margin > 0], "wrong": margin[margin <= 0]},
+                          f"{name}: reward margin r(chosen) - r(rejected) ({split})",
+                          Path(figures_dir) / "reward_margins.png", xlabel="reward margin")
     if head.router is not None:  # input-dependent routing (moe); single/hyre have none to analyse
         validation = SplitStore.build(cache, "validation", scratch)
         val_weights, _ = predict(head, validation)

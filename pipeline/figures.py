@@ -62,3 +62,19 @@ def line_plot(x: list[float], series: dict[str, list[float]], title: str, path: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def histogram(values: dict[str, np.ndarray], title: str, path: str | Path, *, xlabel: str, bins: int = 40) -> Path:
+    """Overlaid histograms of a few groups of values on shared bins, with a line at 0."""
+    plt = _pyplot()
+    finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in values.values()]
+    edges = np.histogram_bin_edges(np.concatenate(finite) if any(len(v) for v in finite) else [0.0], bins=bins)
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+    for name, v in zip(values, finite):
+        ax.hist(v, bins=edges, alpha=0.6, label=f"{name} ({len(v)})")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("pairs")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)

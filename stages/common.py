@@ -10,8 +10,11 @@ values the pipeline runs with, and :func:`build` rejects a key the dataclass lac
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,6 +81,41 @@ def lambdas(params: dict[str, Any], name: str) -> dict[str, float]:
     (e.g. the paper's lambda_gb = 1.0 for preference-700K)."""
     spec = experiment(params, name)
     return {key: float(spec.get(key, section(params, key))) for key in LAMBDAS}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged(*targets: Path) -> Iterator[tuple[Path, ...]]:
+    """One scratch path beside each output (file or folder) of a stage, swapped in only
+    when the block succeeds: each file by ``os.replace``, each folder by moving the old one
+    aside, renaming the new one in and deleting the old. On failure every scratch path is
+    removed and the previous outputs stay as they were: a failed or killed run never
+    leaves a half-written output, or new outputs beside stale ones."""
+    tag = f"staging-{os.getpid()}"
+    scratch = tuple(t.with_name(f".{t.name}.{tag}") for t in targets)
+    for path in scratch:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(path)
+    try:
+        yield scratch
+        for target, new in zip(targets, scratch):
+            if new.is_dir():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                if target.exists():
+                    target.rename(old)
+                new.rename(target)
+                _remove(old)
+            elif new.exists():
+                os.replace(new, target)
+    finally:
+        for path in scratch:
+            _remove(path)
 
 
 def run(main: Callable[..., Any]) -> None:

@@ -5,7 +5,6 @@ DVC tracks) + data/predictions/<experiment>/<variant>/ (every metric, per-pair p
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,25 +45,13 @@ def main(
     prompts = prompt_texts(pairs_path) if pairs_path.exists() else None
     predictions = predictions or Path("data/predictions") / experiment / variant
     figures_dir = figures_dir or Path("data/plots/eval") / experiment / variant
-    # Folders are written beside their targets and swapped in at the end: a failed run
-    # leaves the previous outputs (or none), never a half-written mix.
-    predictions.parent.mkdir(parents=True, exist_ok=True)
-    figures_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage_pred = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=predictions.parent))
-    stage_fig = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=figures_dir.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="smoe-eval-") as scratch:
-            result = evaluate_variant(
-                cache, model or Path("data/models") / experiment / variant, variant,
-                metrics_path=metrics_path or Path("data/metrics") / experiment / f"{variant}.json",
-                predictions_dir=stage_pred, scratch=scratch, figures_dir=stage_fig, prompts=prompts,
-                extra={"experiment": experiment, "dataset": spec["dataset"]})
-        for src, dst in ((stage_pred, predictions), (stage_fig, figures_dir)):
-            shutil.rmtree(dst, ignore_errors=True)
-            src.rename(dst)
-    finally:
-        shutil.rmtree(stage_pred, ignore_errors=True)
-        shutil.rmtree(stage_fig, ignore_errors=True)
+    metrics_path = metrics_path or Path("data/metrics") / experiment / f"{variant}.json"
+    with P.staged(metrics_path, predictions, figures_dir) as (new_metrics, new_predictions, new_figures), \
+            tempfile.TemporaryDirectory(prefix="smoe-eval-") as scratch:
+        result = evaluate_variant(
+            cache, model or Path("data/models") / experiment / variant, variant, metrics_path=new_metrics,
+            predictions_dir=new_predictions, scratch=scratch, figures_dir=new_figures, prompts=prompts,
+            extra={"experiment": experiment, "dataset": spec["dataset"]})
     typer.echo(json.dumps({variant: {k: round(result[k], 4) for k in KEYS}}, indent=1))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,22 +64,14 @@ def main(
     prepared = prepared or Path("data/prepared") / spec["dataset"] / "pairs.parquet"
     model = model or Path("data/models") / experiment / variant
     out = out or Path("data/interpret") / experiment / variant
-    # Written beside the final folder and swapped in at the end: a failed run (a judge that
-    # times out on expert 7) leaves the previous outputs or none, never half of them.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="smoe-interpret-") as scratch:
-            report = interpret_variant(cache, prepared, model, staging, config, scratch=scratch, connection=connection,
-                                       extra={"experiment": experiment, "dataset": spec["dataset"]})
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"interpret-{variant}.json"
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    # flat and finite only, like evaluate's: one `dvc exp show` column per number
-    write_json(metrics_path, {k: report[k] for k in KEYS[:2] if math.isfinite(report[k])})
+    # All or nothing: a judge that times out on expert 7 leaves the previous outputs.
+    with P.staged(out, metrics_path) as (new_out, new_metrics), tempfile.TemporaryDirectory(prefix="smoe-interpret-") as scratch:
+        new_out.mkdir()
+        report = interpret_variant(cache, prepared, model, new_out, config, scratch=scratch, connection=connection,
+                                   extra={"experiment": experiment, "dataset": spec["dataset"]})
+        # flat and finite only, like evaluate's: one `dvc exp show` column per number
+        write_json(new_metrics, {k: report[k] for k in KEYS[:2] if math.isfinite(report[k])})
     typer.echo(json.dumps({variant: {k: round(report[k], 4) for k in KEYS}}, indent=1))
 
 

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -70,36 +68,14 @@ def main(
     out = out or Path("data/personalize") / experiment / variant
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"personalize-{variant}.json"
     curve = curve or Path("data/plots/personalize") / experiment / f"{variant}.csv"
-    # Everything is written next to its target and renamed into place at the end: a failed
-    # run leaves the previous outputs (or none), never half of them.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    files: dict[Path, Path] = {}
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        with tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
-            output = personalize_variant(cache, model or Path("data/models") / experiment / variant, variant, group_by,
-                                         config=config, adapt_config=adapt_config, scratch=scratch, adapted_dir=staging)
-        (staging / "personalization.json").write_text(json.dumps(output.results, indent=2, sort_keys=True) + "\n")
-        for path, text in ((metrics_path, json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n"),
-                           (curve, output.curve_csv)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            files[path] = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            files[path].write_text(text)
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        for path, tmp in files.items():
-            os.replace(tmp, path)
-    finally:
-        if old.exists() and not out.exists():  # failed between the two renames: put the previous results back
-            old.rename(out)
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        for tmp in files.values():
-            tmp.unlink(missing_ok=True)
+    with P.staged(out, metrics_path, curve) as (new_out, new_metrics, new_curve), \
+            tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
+        new_out.mkdir()
+        output = personalize_variant(cache, model or Path("data/models") / experiment / variant, variant, group_by,
+                                     config=config, adapt_config=adapt_config, scratch=scratch, adapted_dir=new_out)
+        (new_out / "personalization.json").write_text(json.dumps(output.results, indent=2, sort_keys=True) + "\n")
+        new_metrics.write_text(json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n")
+        new_curve.write_text(output.curve_csv)
     typer.echo(json.dumps(output.key_metrics, indent=1))
 
 

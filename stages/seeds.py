@@ -26,7 +26,7 @@ def main(
     out: Path = typer.Option(None, "--out", help="Also write the markdown summary to this file."),
 ) -> None:
     """Summarize one configuration trained under several seeds, e.g. after
-    `dvc exp run --queue -S 'train.seed=0,1,2,3,4' evaluate@categories && dvc queue start -j 2`.
+    `dvc exp run --queue -S 'train.seed=0,1,2,3,4' evaluate@categories-{single,vanilla,micro,sparse,hyre} && dvc queue start -j 2`.
     Runs are the commit and experiments whose params equal HEAD's in everything but the
     seed key (a lambda grid beside them is skipped). Prints, per variant, mean ± std of the
     key metrics over the seeds, and per seed the chosen metrics side by side with how many
@@ -38,7 +38,7 @@ def main(
                                        params_file=params_file)
         if not runs:
             raise GridError(f"no finished run has data/metrics/{experiment}/*.json with HEAD's params "
-                            f"(queue seeds with `dvc exp run --queue -S '{seed_key}=0,1,2' evaluate@{experiment}`)")
+                            f"(queue seeds with `dvc exp run --queue -S '{seed_key}=0,1,2' evaluate@{experiment}-{{single,vanilla,micro,sparse,hyre}}`)")
         options = dict(reference=reference, seed_key=seed_key, per_seed=tuple(metric))
         if group_key is None:
             report = seeds_report(runs, experiment, **options)

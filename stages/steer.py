@@ -5,7 +5,6 @@ data/plots/steer/<exp>/<variant>.csv (the Fig. 2 / 7 curves)."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -14,22 +13,6 @@ import typer
 from pipeline.cache import FeatureCache
 from pipeline.steer import STEERABLE, SteerConfig, SteerError, steer_variant
 from stages import common as P
-
-
-def write_all(files: dict[Path, str]) -> None:
-    """Write every file next to its target first and rename them into place only once all
-    are written: a failure leaves no output half-written."""
-    staged: dict[Path, Path] = {}
-    try:
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staged[path] = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            staged[path].write_text(text)
-        for path, tmp in staged.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
 
 
 def main(
@@ -62,11 +45,13 @@ def main(
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
     with tempfile.TemporaryDirectory(prefix="smoe-steer-") as scratch:
         output = steer_variant(cache, model or Path("data/models") / experiment / variant, variant, config, scratch)
-    write_all({out or Path("data/steer") / experiment / f"{variant}.json":
-               json.dumps(output.results, indent=2, sort_keys=True) + "\n",
-               metrics_path or Path("data/metrics") / experiment / f"steer-{variant}.json":
-               json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n",
-               curve or Path("data/plots/steer") / experiment / f"{variant}.csv": output.curve_csv})
+    targets = (out or Path("data/steer") / experiment / f"{variant}.json",
+               metrics_path or Path("data/metrics") / experiment / f"steer-{variant}.json",
+               curve or Path("data/plots/steer") / experiment / f"{variant}.csv")
+    with P.staged(*targets) as (new_out, new_metrics, new_curve):
+        new_out.write_text(json.dumps(output.results, indent=2, sort_keys=True) + "\n")
+        new_metrics.write_text(json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n")
+        new_curve.write_text(output.curve_csv)
     typer.echo(json.dumps(output.key_metrics, indent=1))
 
 

@@ -38,21 +38,13 @@ def main(
     out = out or Path("data/models") / experiment / variant
     curves = curves or Path("data/plots/train") / experiment / variant
     lambdas = P.lambdas(params, experiment) if variant == "sparse" else {}
-    # Write next to the final folders and swap in at the end: a failed run keeps nothing half-made.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{variant}.", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="smoe-train-") as scratch:
-            summary = train_experiment(cache, staging / "models", staging / "curves", variants=[variant],
-                                       num_experts=spec["num_experts"], lambdas=lambdas,
-                                       config=config, scratch=scratch, show_progress=progress,
-                                       extra={"experiment": experiment, "dataset": spec["dataset"]})
-        for src, dst in ((staging / "models" / variant, out), (staging / "curves" / variant, curves)):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(dst, ignore_errors=True)
-            shutil.move(str(src), str(dst))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with P.staged(out, curves) as (new_out, new_curves), tempfile.TemporaryDirectory(prefix="smoe-train-") as scratch:
+        summary = train_experiment(cache, Path(scratch) / "models", Path(scratch) / "curves", variants=[variant],
+                                   num_experts=spec["num_experts"], lambdas=lambdas, config=config,
+                                   scratch=scratch, show_progress=progress,
+                                   extra={"experiment": experiment, "dataset": spec["dataset"]})
+        shutil.move(Path(scratch) / "models" / variant, new_out)
+        shutil.move(Path(scratch) / "curves" / variant, new_curves)
     typer.echo(json.dumps({"experiment": experiment, "variant": variant, "validation": summary[variant]}, indent=1))
 
 

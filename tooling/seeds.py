@@ -5,7 +5,7 @@ on the training seed. A claim such as "sparse covers every category, the baselin
 not" is worth making only if it holds across seeds, so run the configuration under
 several:
 
-    dvc exp run --queue -S 'train.seed=0,1,2,3,4' evaluate@categories && dvc queue start -j 2
+    dvc exp run --queue -S 'train.seed=0,1,2,3,4' evaluate@categories-{single,vanilla,micro,sparse,hyre} && dvc queue start -j 2
 
 and summarize with `smoe seeds categories`: per variant, the mean and standard deviation
 of each key metric over the seeds, and per seed the values side by side with, for each
