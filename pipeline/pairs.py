@@ -16,7 +16,8 @@ Schema (Arrow):
 | domain     | string, nullable                         | optional metadata (sub-domain)             |
 | attribute  | string, nullable                         | optional metadata (RPR-like attribute)     |
 | criterion  | string, nullable                         | optional metadata (attribute criterion)    |
-| user       | string, nullable                         | optional metadata (PersonalLLM-like user)  |
+| user       | string, nullable                         | optional metadata (user or annotator)      |
+| confidence | string, nullable                         | optional metadata (annotator's confidence) |
 
 Rows that cannot be used are never dropped silently: :func:`finalize` returns the
 clean table together with a count of dropped rows per reason.
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import UserError
 
 SPLITS = ("train", "validation", "test", "adapt")
-METADATA_COLUMNS = ("category", "domain", "attribute", "criterion", "user")
+METADATA_COLUMNS = ("category", "domain", "attribute", "criterion", "user", "confidence")
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMA = pa.schema(

@@ -7,6 +7,7 @@ import typer
 from stages import common
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
                     pull, report, score, seeds, steer, train)
+from stages import data
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -35,6 +36,7 @@ bench_app.command("train")(bench.train_cmd)
 bench_app.command("sweep")(bench.sweep_cmd)
 bench_app.command("scale")(bench.scale_cmd)
 app.add_typer(bench_app, name="bench")
+app.add_typer(data.app, name="data")
 
 def main() -> None:
     # A user's mistake (pipeline.errors.UserError, a missing file) is one line, not a

@@ -16,12 +16,18 @@ def main(
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
 ) -> None:
     """Build the canonical pairs table of DATASET from its `datasets.<DATASET>` params
-    (source: builtin:<name> | hub id | local file; plus seed, adapter, columns, ...)."""
+    (source: builtin:<name> | hub id | local file, folder or glob, e.g. a published
+    .jsonl.gz as it is; plus adapter or columns, labels, min_margin, split, seed, ...;
+    pipeline/sources.py documents every key)."""
     # Imported here: `datasets` (0.7 s) is only needed by this stage, not by every `smoe` call.
     from pipeline.prepare import prepare
 
-    spec = dict(P.section(P.load(params_file), "datasets", dataset))
-    source = spec.pop("source")
+    spec = P.section(P.load(params_file), "datasets", dataset)
+    if not isinstance(spec, dict) or not spec.get("source"):
+        raise typer.BadParameter(f"datasets.{dataset} needs a 'source' (builtin:<name>, a hub id, "
+                                 f"or a local file, folder or glob)")
+    spec = dict(spec)
+    source = str(spec.pop("source"))
     builtin_params = spec.pop("params", None)
     manifest = prepare(source, out or Path("data/prepared") / dataset, builtin_params=builtin_params, **spec)
     typer.echo(json.dumps({k: manifest[k] for k in ("num_pairs", "pairs_by_split", "dropped")}))

@@ -22,9 +22,10 @@ PROGRESS_LINE = r"featurize[^\n]*: \d+/\d+ "
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+    """Run a command; its stdout and stderr interleaved as a log shows them."""
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-6000:]}"
+    return proc.stdout
 
 
 @pytest.mark.slow
