@@ -15,7 +15,7 @@ Layout of ``data/features/<dataset>/``::
 | chosen_id      | string | seq_id of the preferred sequence                               |
 | rejected_id    | string | seq_id of the dispreferred sequence                            |
 | prompt_state_id| string | seq_id whose ``prompt_state`` is the pair's router input       |
-| category ... user | string, nullable | metadata copied from the prepared table          |
+| category ... confidence | string, nullable | metadata copied from the prepared table (pipeline/pairs.py METADATA_COLUMNS) |
 
 ``prompt_state_id`` is the smaller of the two sequence ids: both sequences carry the
 same prompt state unless truncation cut their prompts differently, and choosing by id

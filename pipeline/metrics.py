@@ -166,7 +166,7 @@ def per_category_table(weights: np.ndarray, margins: np.ndarray, categories: np.
 # ---------------------------------------------------------------------------------------
 
 
-def target_experts(weights: np.ndarray, labels: np.ndarray, top_n: int = 100) -> dict[str, int]:
+def target_experts(weights: np.ndarray, labels: np.ndarray, top_n: int) -> dict[str, int]:
     """Per label (attribute), k_a: the expert whose top-``top_n`` examples (paper: 100
     validation examples) hold the largest share of that label. A tie goes to the lower
     expert index."""

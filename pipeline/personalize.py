@@ -50,6 +50,7 @@ class PersonalizeConfig:
     eval_fraction: float = 0.5    # share of each group's pairs held out for evaluation
     split_seed: int = 0           # the pool/evaluation split
     split: str = "test"           # where groups come from (test prompts carry no criterion)
+    min_pairs: int = 51           # the paper's group filter: only groups with more than 50 pairs
 
     def __post_init__(self) -> None:
         def integers(name: str) -> list[int]:
@@ -73,6 +74,8 @@ class PersonalizeConfig:
             raise ValueError(f"split_seed must be an integer, got {self.split_seed!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if isinstance(self.min_pairs, bool) or not isinstance(self.min_pairs, int) or self.min_pairs < 2:
+            raise ValueError(f"min_pairs must be an integer >= 2, got {self.min_pairs!r}")
         self.sizes, self.seeds = sorted(sizes), seeds
 
 
@@ -86,22 +89,32 @@ class PersonalizeOutput(NamedTuple):
     curve_csv: str                 # accuracy per adaptation size, for `dvc plots`
 
 
-def split_groups(labels: np.ndarray, config: PersonalizeConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per group: (pool rows, evaluation rows), from a seeded permutation of its rows. Refuses
-    a group whose pool cannot supply the largest adaptation set."""
-    groups = {}
+def split_groups(labels: np.ndarray, config: PersonalizeConfig
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """Per group: (pool rows, evaluation rows), from a seeded permutation of its rows; and
+    the groups left out, with the reason. As in the paper, a group needs at least
+    ``min_pairs`` pairs (more than 50), and its pool must supply the largest adaptation set;
+    a group that fails either is skipped and counted, never an error. Each group's
+    permutation is seeded by its index among ALL groups, so leaving one out does not change
+    the draws of the others."""
+    groups, skipped = {}, {}
     for i, group in enumerate(sorted(set(labels.tolist()))):
         rows = np.flatnonzero(labels == group)
         rows = rows[np.random.default_rng([config.split_seed, i]).permutation(len(rows))]
         n_eval = int(round(config.eval_fraction * len(rows)))
         pool, evaluation = rows[n_eval:], rows[:n_eval]
-        if len(pool) < config.sizes[-1] or len(evaluation) == 0:
-            raise PersonalizeError(
-                f"group {group!r} has {len(rows)} {config.split} pairs: {len(pool)} for adaptation and "
-                f"{len(evaluation)} for evaluation, but n = {config.sizes[-1]} is asked; generate more "
-                f"data, lower the largest size or eval_fraction")
-        groups[group] = (pool, evaluation)
-    return groups
+        if len(rows) < config.min_pairs:
+            skipped[group] = f"{len(rows)} {config.split} pairs, fewer than min_pairs = {config.min_pairs}"
+        elif len(pool) < config.sizes[-1] or len(evaluation) == 0:
+            skipped[group] = (f"{len(rows)} {config.split} pairs: {len(pool)} for adaptation and {len(evaluation)} "
+                              f"for evaluation, but n = {config.sizes[-1]} is asked")
+        else:
+            groups[group] = (pool, evaluation)
+    if not groups:
+        raise PersonalizeError(f"no {config.split} group is large enough to personalize to "
+                               f"({len(skipped)} skipped: {'; '.join(f'{g}: {r}' for g, r in skipped.items())}); "
+                               f"lower personalize.min_pairs or the largest size, or use more data")
+    return groups, skipped
 
 
 def slug(name: str) -> str:
@@ -110,9 +123,9 @@ def slug(name: str) -> str:
 
 
 def load_groups(cache: FeatureCache, group_by: str, config: PersonalizeConfig,
-                scratch: str | Path) -> tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]]]:
+                scratch: str | Path) -> tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
     """The states [N, 3, H] of ``config.split``'s pairs, rows sorted by pair_id (the split
-    does not depend on file order), and their groups (:func:`split_groups`)."""
+    does not depend on file order), their groups and the groups left out (:func:`split_groups`)."""
     states = SplitStore.build(cache, config.split, scratch)
     if group_by not in states.metadata.column_names or None in states.metadata.column(group_by).to_pylist():
         raise PersonalizeError(f"{cache.path}: every {config.split} pair needs a {group_by!r} value to "
@@ -120,7 +133,7 @@ def load_groups(cache: FeatureCache, group_by: str, config: PersonalizeConfig,
     order = states.order_by_pair_id()
     labels = np.array(states.metadata.column(group_by).to_pylist())[order]
     x = torch.from_numpy(states.read(0, len(states))[order].astype(np.float32))
-    return x, split_groups(labels, config)
+    return (x, *split_groups(labels, config))
 
 
 def personalize_head(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -183,10 +196,11 @@ def personalize_variant(cache: FeatureCache, model_dir: str | Path, variant: str
     (:func:`curve_csv`)."""
     head = RewardHead.load(model_dir)
     check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
-    x, groups = load_groups(cache, group_by, config, scratch)
+    x, groups, skipped = load_groups(cache, group_by, config, scratch)
     result = personalize_head(head, x, groups, config, adapt_config,
                               None if adapted_dir is None else Path(adapted_dir))
     result["method"] = method_for(head)
+    result["skipped_groups"] = skipped  # the paper's filter: counted, never an error
     results = {variant: result,
                "settings": {"group_by": group_by, "variant": variant, **asdict(config), "adaptation": asdict(adapt_config)}}
     return PersonalizeOutput(results, headline(results), curve_csv(results))

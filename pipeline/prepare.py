@@ -67,12 +67,11 @@ def filter_small_groups(table: pa.Table, min_group_size: Mapping[str, int] | Non
 
 
 def group_counts(table: pa.Table) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
-    """(pairs per group of each metadata column with at most MAX_LISTED_GROUPS groups,
-    largest first; {column: groups, min, median, max} for every metadata column in use)."""
+    """(pairs per group of each metadata column with at most MAX_LISTED_GROUPS groups;
+    {column: groups, min, median, max} for every metadata column in use)."""
     listed, sizes = {}, {}
     for column in pairs.METADATA_COLUMNS:
-        counts = (_group_values(table, column).drop_nulls().to_frame().group_by(column).len()
-                  .sort(["len", column], descending=[True, False]))
+        counts = _group_values(table, column).drop_nulls().to_frame().group_by(column).len().sort(column)
         if counts.height == 0:
             continue
         sizes[column] = {"groups": counts.height, "min": int(counts["len"].min()),

@@ -28,6 +28,7 @@ Stdlib and DVC only; errors are :class:`~pipeline.errors.UserError` one-liners.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shlex
@@ -339,6 +340,20 @@ def verify(where: str | os.PathLike | None = None, names: Iterable[str] | None =
                                 f"{entry.sha256[:12]}... (modified or truncated copy); re-{_fix(root, entry)}")
         done.append(path)
     return done
+
+
+def resolve(rel: str, where: str | os.PathLike | None = None) -> Path:
+    """``shared:<rel>`` of a dataset source: the path under the data location of one
+    registered file, a folder or a glob of them (``tldr-comparisons/batch*.json``), after
+    verifying the sha256 of every registered file it covers. A prepare stage therefore
+    never reads a modified or truncated copy, wherever the location is."""
+    rel = rel.strip("/").removeprefix("./")
+    covered = [f for f in FILES if f.local == rel or f.local.startswith(rel + "/") or fnmatch.fnmatchcase(f.local, rel)]
+    if not covered:
+        raise RealDataError(f"shared:{rel} names no registered real-data file; known datasets: "
+                            f"{', '.join(dict.fromkeys(f.dataset for f in FILES))}")
+    verify(where, [f.local for f in covered])
+    return location(where) / rel
 
 
 def dvc_get_args(entry: RealFile, out: str | os.PathLike) -> dict[str, str]:

@@ -552,6 +552,10 @@ def _personalization(b: _Builder, experiment: str, group: str, variant: str) -> 
     if mismatched:
         notes.append(_mismatch_note("personalize", experiment))
     settings = results.get("settings") or {}
+    skipped = next((results[m].get("skipped_groups") for m in _models(results) if results[m].get("skipped_groups")), None)
+    if skipped:  # the paper's group filter: say how many were left out and why
+        notes.append(f"*{len(skipped)} {group}(s) left out by the group filter: "
+                     + "; ".join(f"{g} ({why})" for g, why in sorted(skipped.items())) + ".*")
     setup = (f"Adapted on n = {(settings.get('sizes') or ['?'])[-1]} pairs per {group}, "
              f"mean over seeds {settings.get('seeds', '?')}")
     change = f"{setup}; in parentheses: the change against the same model before adaptation."

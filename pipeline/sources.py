@@ -39,15 +39,15 @@ the names used:
 
 * **pairs**: ``prompt``, ``chosen``, ``rejected``. Any of the three may hold a message
   list. Without a ``prompt`` column, ``chosen`` and ``rejected`` must be whole
-  conversations (message lists, or HH-RLHF ``"\n\nHuman: ... \n\nAssistant: ..."``
+  conversations (message lists, or HH-RLHF ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
   transcripts): the final assistant turn is the response and the shared history the
   prompt (``prompt_mismatch`` when the histories differ). With one, a conversation's
   history must be the prompt.
 * **labels**: ``response_a``, ``response_b``, ``label`` and ``labels=`` mapping each label
   value to ``a``, ``b`` or ``tie`` (SHP, Auto-J, Chatbot Arena, MT-Bench judgments).
   Ties and label values not in ``labels`` are drops (``tie``, ``unknown_label``).
-* **ratings**: ``prompt``, ``response``, ``rating`` (one column, or a list of columns,
-  each then an ``attribute``): one row per rated response; every two responses of one
+* **ratings**: ``prompt``, ``response``, ``rating`` (one column; or a list of columns, or
+  ``{attribute: column}``, each then an ``attribute``): one row per rated response; every two responses of one
   prompt (and user, and split, where mapped) whose ratings differ by at least
   ``min_margin`` (default: any difference) make a pair, the higher rated chosen.
   Smaller gaps are drops (``tied_rating``, ``small_rating_gap``). The split is drawn
@@ -56,7 +56,9 @@ the names used:
 Metadata (``category``, ``domain``, ``attribute``, ``criterion``, ``user``,
 ``confidence``) and ``split`` map the same way in every layout. A path that does not
 resolve in a row (a missing nested field, a list too short) drops the row as
-``missing_field``; for metadata it gives null.
+``missing_field``; for metadata it gives null. A name mapped to null ignores the column
+of that name (``split: null``: draw splits instead of reading a publisher's own, e.g.
+TL;DR's valid1/valid2; ``prompt: null``: take the prompt from the conversations).
 
 Every adapter follows the paper's preparation (Appendix A and H of
 ``sparse-moe-reward-models-paper.txt``), or the publisher's own definitions for the real
@@ -75,11 +77,12 @@ Rows that are *not* yielded without being counted, on purpose and only these:
 * rows over a per-split cap in ``limits`` (a sample size, not bad data).
 
 A split comes from the source when it has one (hub split, a ``split`` column, or
-``split=``). Where it must be drawn (700K, RPR train -> train/validation, files without
+``split=``; the TL;DR adapter ignores the publisher's valid1/valid2). Where it must be drawn (700K, RPR train -> train/validation, files without
 one) it is decided by a seeded hash of the row's content, never by row order or a global
 RNG stream, so the same row lands in the same split on every machine and run, however
 the source is ordered or extended. Where one prompt has several pairs (ratings, HANNA,
-RMB, Auto-J, TL;DR) the hash is of the prompt, so that no prompt is in two splits.
+RMB, Auto-J, TL;DR's posts; ``split_by: prompt``) the hash is of the prompt, so that no
+prompt is in two splits.
 PersonalLLM keeps its hub splits (train/test); which of its pairs form the adaptation
 sets is left to the stage that samples them.
 """
@@ -334,10 +337,13 @@ def check_schema(features: datasets.Features, required: Mapping[str, ColumnKind]
     """
     require_columns(features.keys(), dict.fromkeys(_head(features, p) for p in required), source)
     for column, (expected, ok) in required.items():
-        feature = feature_at(features, column, source)
+        note = (notes or {}).get(_head(features, column))
+        try:
+            feature = feature_at(features, column, source)
+        except SchemaError as err:
+            raise (SchemaError(f"{err} ({note})") if note else err) from None
         if not ok(feature):
             role = f" (mapped to {aliases[column]!r})" if aliases and column in aliases else ""
-            note = (notes or {}).get(_head(features, column))
             raise SchemaError(
                 f"{source}: column {column!r}{role} must be {expected}, found "
                 f"{_feature_name(feature)}; available columns: {_describe(features)}"
@@ -703,13 +709,15 @@ def read_scenario_groups(path: str | Path) -> dict[str, str]:
     except SyntaxError as err:
         raise SchemaError(f"{path}: line {err.lineno}: not parseable as Python ({err.msg})") from None
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
         if targets and node.value is not None and any(isinstance(t, ast.Name) and t.id == AUTO_J_GROUPS_NAME
                                                       for t in targets):
             try:
                 groups = ast.literal_eval(node.value)
             except ValueError as err:
-                raise SchemaError(f"{path}: line {node.lineno}: {AUTO_J_GROUPS_NAME} is not a literal ({err})") from None
+                raise SchemaError(
+                    f"{path}: line {node.lineno}: {AUTO_J_GROUPS_NAME} is not a literal ({err})") from None
             return _invert_groups(groups, f"{path}: {AUTO_J_GROUPS_NAME}")
     raise SchemaError(f"{path}: has no `{AUTO_J_GROUPS_NAME} = {{...}}` assignment")
 
@@ -732,7 +740,8 @@ def adapt_auto_j(records: Records, seed: int, opts: Options) -> Iterator[dict]:
     if isinstance(given, Mapping):
         groups = _invert_groups(given, "options.scenario_groups")
     else:  # read now, so that a missing file fails before any row is read
-        groups = read_scenario_groups(given if given is not None else _beside_source(opts["source"], AUTO_J_GROUPS_FILE))
+        groups = read_scenario_groups(
+            given if given is not None else _beside_source(opts["source"], AUTO_J_GROUPS_FILE))
     return _auto_j_rows(records, seed, groups)
 
 
@@ -996,10 +1005,18 @@ def _generic_mapping(features: datasets.Features, columns: Mapping[str, Any] | N
                           f"canonical names are {list(MAPPABLE_COLUMNS)}")
     inputs = LAYOUT_INPUTS[layout]
     names = (*inputs, "split", *METADATA_COLUMNS)
+    ignored = {c for c, path in columns.items() if path is None}  # `split: null`: not that column
+    needed = [c for c in inputs if c in ignored and (c != "prompt" or layout == "ratings")]
+    if needed:
+        raise ConfigError(f"{source}: columns.{needed[0]} cannot be null: the {layout} layout needs it")
     mapping = {c: c for c in names if c in features and c not in columns}
-    mapping.update(columns)
-    mapping.update({c: c for c in inputs if c not in mapping and (c != "prompt" or layout == "ratings")})
+    mapping.update({c: path for c, path in columns.items() if path is not None})
+    mapping.update({c: c for c in inputs if c not in mapping and c not in ignored
+                    and (c != "prompt" or layout == "ratings")})
     ratings = _rating_paths(mapping.pop("rating")) if layout == "ratings" else {}
+    bad = {c: path for c, path in mapping.items() if not isinstance(path, str)}
+    if bad:
+        raise ConfigError(f"{source}: columns must map each name to a column or column path (text), got {bad}")
     required = {path: _GENERIC_KINDS.get(canon, SCALAR) for canon, path in mapping.items()}
     required.update({path: NUMBER for path in ratings.values()})
     aliases = {path: canon for canon, path in mapping.items() if path != canon}
@@ -1266,7 +1283,9 @@ def load_rows(source: str, *, seed: int = 0, revision: str | None = None, column
 
     Args:
         source: ``builtin:<name>``, a local file, directory or glob (see
-            :mod:`pipeline.local_files`), or a hub id.
+            :mod:`pipeline.local_files`), ``shared:<path>`` (a file, folder or glob of the
+            shared real datasets under the data location, sha256-verified first; see
+            :mod:`pipeline.real_data`), or a hub id.
         seed: seeds every random choice (splits, per-post samples, caps, users).
         revision: hub revision to pin (hub sources only).
         columns: generic mapping ``{canonical_name: source column or column path}``;
@@ -1309,6 +1328,10 @@ def load_rows(source: str, *, seed: int = 0, revision: str | None = None, column
                           "or columns= (a generic mapping), not both")
     _check_layout_options(adapter, labels, min_margin, split_by, options)
 
+    if source.startswith("shared:"):  # the shared real datasets: found under the data location, checksums verified
+        from pipeline import real_data
+
+        source = str(real_data.resolve(source.removeprefix("shared:")))
     if source.startswith("builtin:"):
         from pipeline import generators  # lazy: only the builtin branch needs it
 
@@ -1332,7 +1355,8 @@ def load_rows(source: str, *, seed: int = 0, revision: str | None = None, column
                     f"if it is in one of those schemas, or columns={{'prompt': ..., 'chosen': ..., "
                     f"'rejected': ...}} for a generic mapping."
                 )
-        parts = [_Part(f"{source} split {name!r}", ds, name) for name, ds in _load_hub(source, revision, adapter).items()]
+        parts = [_Part(f"{source} split {name!r}", ds, name)
+                 for name, ds in _load_hub(source, revision, adapter).items()]
     rows = _convert(source, parts, seed=seed, columns=columns, fractions=fractions, adapter=adapter,
                     labels=labels, min_margin=min_margin, split_by=split_by, options=options)
     if limits is None and adapter is not None:

@@ -43,6 +43,7 @@ class SteerConfig:
     weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # target-expert weights w
     random_repeats: int = 20     # random-target baseline: draws averaged
     seed: int = 0                # of the random baseline's draws
+    min_pairs: int = 51          # the paper's filter: attributes with more than 50 test pairs
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not self.label:
@@ -53,6 +54,8 @@ class SteerConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.min_pairs, bool) or not isinstance(self.min_pairs, int) or self.min_pairs < 1:
+            raise ValueError(f"min_pairs must be an integer >= 1, got {self.min_pairs!r}")
         if not isinstance(self.weights, (list, tuple)) or not self.weights:
             raise ValueError(f"weights must be a non-empty list of numbers in (0, 1], got {self.weights!r}")
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1 for w in self.weights):
@@ -161,9 +164,19 @@ def steer_variant(cache: FeatureCache, model_dir: str | Path, variant: str, conf
     val_weights, _ = predict(head, validation)
     weights, margins = predict(head, test)
     weights, margins, labels = weights[order], margins[order], labels[order]
+    # The paper's filter: an attribute with too few test pairs is left out, and counted.
+    names, counts = np.unique(labels, return_counts=True)
+    skipped = {str(a): f"{n} test pairs, fewer than min_pairs = {config.min_pairs}"
+               for a, n in zip(names, counts) if n < config.min_pairs}
+    if len(skipped) == len(names):
+        raise SteerError(f"{cache.path}: no {config.label} has {config.min_pairs} test pairs or more "
+                         f"({', '.join(f'{a}: {n}' for a, n in zip(names, counts))}); lower steer.min_pairs or use more data")
+    kept = ~np.isin(labels, list(skipped))
+    weights, margins, labels = weights[kept], margins[kept], labels[kept]
     targets = metrics.target_experts(val_weights[val_order], val_labels[val_order], config.top_n)
     results: dict[str, Any] = {variant: summarize(steer_attributes(weights, margins, labels, targets, config.weights),
                                                   config.weights)}
+    results[variant]["skipped_attributes"] = skipped
     if variant == REFERENCE:
         results[RANDOM] = summarize(random_baseline(weights, margins, labels, config), config.weights)
     results["settings"] = {**asdict(config), "variant": variant, "reference": REFERENCE}

@@ -170,16 +170,26 @@ def test_adapt_config_and_inputs_are_checked():
 # ----------------------------------------------------------------------------- experiment
 
 
-def test_split_groups_is_disjoint_seeded_and_refuses_small_groups():
-    labels = np.array(["a"] * 20 + ["b"] * 30)
-    groups = split_groups(labels, PersonalizeConfig(sizes=[5, 10], eval_fraction=0.5))
+def test_split_groups_is_disjoint_seeded_and_skips_small_groups():
+    labels = np.array(["a"] * 20 + ["b"] * 30 + ["c"] * 8)
+    config = PersonalizeConfig(sizes=[5, 10], eval_fraction=0.5, min_pairs=10)
+    groups, skipped = split_groups(labels, config)
+    assert set(groups) == {"a", "b"} and skipped == {"c": "8 test pairs, fewer than min_pairs = 10"}
     for name, (pool, evaluation) in groups.items():
         assert set(pool).isdisjoint(evaluation) and set(labels[np.concatenate([pool, evaluation])]) == {name}
         assert len(pool) + len(evaluation) == (labels == name).sum()
-    again = split_groups(labels, PersonalizeConfig(sizes=[5, 10], eval_fraction=0.5))
+    again, _ = split_groups(labels, config)
     assert all(np.array_equal(groups[g][0], again[g][0]) for g in groups)
-    with pytest.raises(PersonalizeError, match="group 'a' has 20 test pairs: 10 for adaptation"):
-        split_groups(labels, PersonalizeConfig(sizes=[5, 11]))
+    # a skipped group does not move the others' draws
+    without_c, _ = split_groups(labels[:50], config)
+    assert all(np.array_equal(groups[g][0], without_c[g][0]) for g in groups)
+    # too small for the largest n: skipped with the reason, not an error
+    groups, skipped = split_groups(labels, PersonalizeConfig(sizes=[5, 11], min_pairs=10))
+    assert set(groups) == {"b"} and skipped["a"] == "20 test pairs: 10 for adaptation and 10 for evaluation, but n = 11 is asked"
+    # the paper's default filter: more than 50 pairs
+    assert set(split_groups(np.array(["x"] * 50 + ["y"] * 51), PersonalizeConfig(sizes=[5, 10]))[0]) == {"y"}
+    with pytest.raises(PersonalizeError, match="no test group is large enough"):
+        split_groups(labels, PersonalizeConfig(sizes=[5, 10]))
 
 
 def test_personalize_config_defaults_and_checks():
@@ -212,7 +222,7 @@ def trained(tmp_path_factory):
     return cache, tmp / "models", tmp / "interpret"
 
 
-CONFIG = PersonalizeConfig(sizes=[4, 16], seeds=[0, 1])
+CONFIG = PersonalizeConfig(sizes=[4, 16], seeds=[0, 1], min_pairs=20)  # the synthetic groups are small
 
 
 def test_personalize_variant_results_heads_key_numbers_and_curve(trained, tmp_path):
@@ -269,14 +279,15 @@ def test_variants_personalized_separately_match_personalized_together(trained, t
     names = ["single", "vanilla", "sparse", "hyre"]
     adapt_config = AdaptConfig(epochs=2)
     # together, as the single personalize run did: one split of the data shared by every head in turn
-    x, groups = load_groups(cache, "category", CONFIG, tmp_path / "together")
+    x, groups, _ = load_groups(cache, "category", CONFIG, tmp_path / "together")
     together = {name: personalize_head(RewardHead.load(models / name), x, groups, CONFIG, adapt_config) for name in names}
     for order in (names[::-1], ["sparse"], ["hyre", "single"]):
         for name in order:  # a fresh run (own scratch, own states) per variant
             output = personalize_variant(cache, models / name, name, "category", config=CONFIG,
                                          adapt_config=adapt_config, scratch=tmp_path / f"{name}-{len(order)}")
-            separate = {k: v for k, v in output.results[name].items() if k != "method"}
+            separate = {k: v for k, v in output.results[name].items() if k not in ("method", "skipped_groups")}
             assert separate == together[name], (name, order)
+            assert output.results[name]["skipped_groups"] == {}
     # the comparison is informative: adaptation moves the MoE heads and HyRe, not the single head
     assert together["single"]["gain"] == 0.0 and together["sparse"]["by_n"] != together["vanilla"]["by_n"]
 
@@ -310,7 +321,7 @@ def test_stage_writes_the_variant_folder_metrics_and_curve_or_nothing(trained, t
              "--curve": tmp_path / "plots/personalize/syn/sparse.csv"}
     args = ["syn", "sparse", "--features", str(cache.path), "--model", str(models / "sparse")]
     args += [x for option, path in paths.items() for x in (option, str(path))]
-    params = dict(sizes=[4, 16], seeds=[0, 1], epochs=2)
+    params = dict(sizes=[4, 16], seeds=[0, 1], epochs=2, min_pairs=20)
 
     (out / "stale_group").mkdir(parents=True)  # from an earlier run: gone once the new results are in
     failed = CliRunner().invoke(app, args + ["--group-by", "user", "--params", _params(tmp_path, **params)])

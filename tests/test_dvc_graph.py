@@ -22,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages", "tooling")
 ENTRY = re.compile(r"^python -m (stages\.\w+)\b")
+PIPELINES = (ROOT, ROOT / "real")  # the real-data pipeline is a DVC project of its own (`dvc init --subdir`)
 
 
 def module_path(name: str) -> Path | None:
@@ -80,16 +81,23 @@ def import_closure(module: str) -> set[str]:
 
 
 def dvc_stages() -> dict[str, tuple[str, set[str]]]:
-    """Every expanded stage: name -> (cmd, its deps that are project .py files)."""
+    """Every expanded stage of both pipelines (the embedded default at the root, the real-data
+    one in real/, its own DVC project): name -> (cmd, its deps that are project .py files,
+    as paths from the repository root)."""
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
-        out = {}
-        for stage in repo.index.stages:
-            code = {dep.def_path for dep in stage.deps
-                    if dep.def_path.endswith(".py") and dep.def_path.split("/")[0] in PACKAGES}
-            out[stage.addressing] = (stage.cmd, code)
-        return out
+    out = {}
+    for root in PIPELINES:
+        with Repo(str(root)) as repo:
+            for stage in repo.index.stages:
+                code = set()
+                for dep in stage.deps:
+                    path = Path(os.path.relpath(Path(stage.wdir) / dep.def_path, ROOT)).as_posix()
+                    if path.endswith(".py") and path.split("/")[0] in PACKAGES:
+                        code.add(path)
+                name = stage.addressing if root == ROOT else f"{root.relative_to(ROOT).as_posix()}:{stage.addressing}"
+                out[name] = (stage.cmd, code)
+    return out
 
 
 def test_import_closure_follows_lazy_imports_and_skips_type_checking(tmp_path):

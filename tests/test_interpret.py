@@ -489,13 +489,16 @@ def test_interpret_stage_command(topic_run, tmp_path):
                                           "interpret": interpret}))
         return CliRunner().invoke(app, ["tiny", "sparse", "--params", str(params), "--features", str(cache.path),
                                         "--model", str(root / "models" / "sparse"), "--prepared", str(prepared),
-                                        "--out", str(out), *extra])
+                                        "--out", str(out), "--metrics", str(metrics_path), *extra])
 
     app = typer.Typer()
     app.command()(stage.main)
     out = tmp_path / "out" / "sparse"
+    metrics_path = tmp_path / "metrics" / "interpret-sparse.json"
     result = invoke({"per_stratum": 5})  # the sample size comes from params.yaml now
     assert result.exit_code == 0, result.output
+    # the DVC metrics file: description fidelity and its random baseline, flat
+    assert set(json.loads(metrics_path.read_text())) == {"description_fidelity", "description_fidelity_random"}
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert set(summary) == {"sparse"} and np.isfinite(summary["sparse"]["description_fidelity"])
     assert (out / "experts.md").exists()
@@ -511,6 +514,7 @@ def test_interpret_stage_command(topic_run, tmp_path):
     assert "expert 0: describe request" in str(failed.exception)
     assert {f: (out / f).read_bytes() for f in before} == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["sparse"]
+    assert sorted(p.name for p in metrics_path.parent.iterdir()) == ["interpret-sparse.json"]  # no staging left
 
     # a bad params value: click's usage error naming the block and the key
     bad = invoke({"top_n": 0})

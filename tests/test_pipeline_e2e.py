@@ -47,8 +47,8 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
     params["datasets"]["attributes"]["params"] = {"n_train_examples": 12, "n_validation_examples": 8,
                                                   "n_test_examples": 24, "n_attributes": 4}
     params["datasets"]["users"]["params"] = {"n_prompts": 24, "n_users": 3, "users_per_prompt": 3, "test_fraction": 0.5}
-    params["steer"]["top_n"] = 4
-    params["personalize"].update(sizes=[2, 4], seeds=[0, 1], epochs=2)
+    params["steer"].update(top_n=4, min_pairs=2)
+    params["personalize"].update(sizes=[2, 4], seeds=[0, 1], epochs=2, min_pairs=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], repo)
     sh(["git", "config", "user.email", "ci@example.com"], repo)

@@ -174,3 +174,21 @@ def test_cli_verify(tmp_path):
     bad = _cli("verify", SMALL, env={real_data.ENV: str(tmp_path)})
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.startswith(f"error: real data: {SMALL} under {tmp_path} has sha256")
+
+
+@needs_shared
+def test_shared_source_is_located_and_verified_before_reading(tmp_path, monkeypatch):
+    # `shared:<path>` in a dataset block: the path under the configured location, after the
+    # sha256 check of every registered file it covers (a folder or a glob covers several)
+    assert real_data.resolve("hanna", SHARED) == SHARED / "hanna"
+    assert real_data.resolve("tldr-comparisons/batch*.json", SHARED) == SHARED / "tldr-comparisons/batch*.json"
+    with pytest.raises(real_data.RealDataError, match="names no registered real-data file"):
+        real_data.resolve("nowhere/else.json", SHARED)
+    # a modified copy at the location stops prepare with one line naming it, before any row is read
+    _copy_small(tmp_path)
+    (tmp_path / SMALL).write_bytes((tmp_path / SMALL).read_bytes() + b"\n")
+    monkeypatch.setenv(real_data.ENV, str(tmp_path))
+    from pipeline.sources import load_rows
+
+    with pytest.raises(real_data.ChecksumError, match=SMALL.replace(".", r"\.")):
+        load_rows(f"shared:{SMALL}", columns={"prompt": "question"})

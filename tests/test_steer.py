@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import typer
 import yaml
@@ -152,7 +154,9 @@ def test_steer_variant_results_key_numbers_and_curve(trained, tmp_path):
     assert set(vanilla.results) == {"vanilla", "settings"}  # the random baseline is sparse's only
     assert set(sparse.results) == {"sparse", "random", "settings"}
     assert sparse.results["settings"] == {"label": "category", "top_n": 30, "weights": [0.25, 0.5, 0.75, 1.0],
-                                          "random_repeats": 3, "seed": 0, "variant": "sparse", "reference": "sparse"}
+                                          "random_repeats": 3, "seed": 0, "min_pairs": 51, "variant": "sparse",
+                                          "reference": "sparse"}
+    assert sparse.results["sparse"]["skipped_attributes"] == {}
     for output, model in ((vanilla, "vanilla"), (sparse, "sparse"), (sparse, "random")):
         r = output.results[model]
         assert set(r["flip_rate_by_weight"]) == {"0.25", "0.5", "0.75", "1.0"}
@@ -166,6 +170,16 @@ def test_steer_variant_results_key_numbers_and_curve(trained, tmp_path):
     # the same head steered again, alone: the same numbers (nothing depends on other variants)
     again = steer_variant(cache, models / "sparse", "sparse", config, tmp_path / "s3")
     assert json.dumps(again.results, sort_keys=True) == json.dumps(sparse.results, sort_keys=True)
+    # the paper's filter: an attribute with fewer than min_pairs test pairs is left out and counted
+    sizes = dict(zip(*np.unique(cache.pairs().filter(pc.equal(cache.pairs().column("split"), "test"))
+                                .column("category").to_numpy(zero_copy_only=False), return_counts=True)))
+    smallest = min(sizes, key=sizes.get)
+    filtered = steer_variant(cache, models / "sparse", "sparse",
+                             dataclasses.replace(config, min_pairs=int(sizes[smallest]) + 1), tmp_path / "s7")
+    assert filtered.results["sparse"]["skipped_attributes"] == {
+        smallest: f"{sizes[smallest]} test pairs, fewer than min_pairs = {sizes[smallest] + 1}"}
+    assert set(filtered.results["sparse"]["per_attribute"]) == set(sizes) - {smallest}
+    assert set(filtered.results["random"]["per_attribute"]) == set(sizes) - {smallest}
 
     key = sparse.key_metrics  # the DVC metrics file: flat, one column per number
     assert key == headline(sparse.results)
