@@ -29,7 +29,6 @@ Stdlib and DVC only; errors are :class:`~pipeline.errors.UserError` one-liners.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import shlex
 import shutil
@@ -37,12 +36,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cache import sha256_file
 from pipeline.errors import UserError
 
 ENV = "SMOE_SHARED_DATASETS"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOCATION = REPO_ROOT.parent / "shared" / "datasets"
-CHUNK = 1 << 20
 
 __all__ = ["RealFile", "FILES", "DATASETS", "ENV", "DEFAULT_LOCATION", "location", "locate", "select", "sha256_file",
            "verify", "fetch", "dvc_get_args", "fetch_commands", "RealDataError", "LocationError", "MissingFileError",
@@ -305,14 +304,6 @@ def locate(local: str, where: str | os.PathLike | None = None) -> Path:
     if not any(f.local == local for f in FILES):
         raise RealDataError(f"{local!r} is not a registered real-data file (see pipeline/real_data.py FILES)")
     return location(where) / local
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fix(root: Path, entry: RealFile) -> str:

@@ -745,14 +745,19 @@ def adapt_auto_j(records: Records, seed: int, opts: Options) -> Iterator[dict]:
     return _auto_j_rows(records, seed, groups)
 
 
+def _label_drop(meaning: str | None) -> str | None:
+    """The drop reason of a label that names no winner: a value the mapping does not know,
+    or a tie. None when it names ``a`` or ``b``."""
+    if meaning is None:
+        return UNKNOWN_LABEL
+    return TIE if meaning == "tie" else None
+
+
 def _auto_j_rows(records: Records, seed: int, groups: Mapping[str, str]) -> Iterator[dict]:
     for row, spec in records:
         meaning = AUTO_J_LABELS.get(row["label"]) if isinstance(row["label"], int) else None
-        if meaning is None:
-            yield {"_drop": UNKNOWN_LABEL}
-            continue
-        if meaning == "tie":
-            yield {"_drop": TIE}
+        if no_winner := _label_drop(meaning):
+            yield {"_drop": no_winner}
             continue
         if row["scenario"] not in groups:
             yield {"_drop": AUTO_J_UNKNOWN_SCENARIO}
@@ -1108,11 +1113,8 @@ def generic_rows(records: Records, seed: int, *, layout: str = "pairs", labels: 
         a, b = values[first], values[second]
         if layout == "labels":
             meaning = (labels or {}).get(_label_key(values["label"]))
-            if meaning is None:
-                yield {"_drop": UNKNOWN_LABEL}
-                continue
-            if meaning == "tie":
-                yield {"_drop": TIE}
+            if no_winner := _label_drop(meaning):
+                yield {"_drop": no_winner}
                 continue
             if meaning == "b":
                 a, b = b, a
