@@ -139,6 +139,7 @@ def materialize(model: str, out_dir: str | Path, *, revision: str | None = None,
     try:
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+        _quiet_bars_in_logs()
         if model in PACKAGED:
             spec = PACKAGED[model]
             scratch = Path(tempfile.mkdtemp(dir=tmp))
@@ -366,13 +367,22 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _quiet_bars_in_logs() -> None:
+    """In a log (dvc repro, CI) transformers' and the hub's own carriage-return bars
+    (converting, loading, writing weights) read as one garbled line: turn them off there.
+    Our own long loops report progress as periodic lines (pipeline/progress.py)."""
+    if not sys.stderr.isatty():
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+
+
 def load(config: BackboneConfig) -> Backbone:
     """Load tokenizer + base model (+ score head for *ForSequenceClassification models)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    if not sys.stderr.isatty():  # a log (dvc repro): no carriage-return "Loading weights" bar
-        hf_logging.disable_progress_bar()
+    _quiet_bars_in_logs()
     ref = HUB_ALIASES.get(config.model, config.model)
     if config.model in PACKAGED:
         raise BackboneError(f"{config.model!r} is a packaged backbone: run `smoe backbone {config.model} --out DIR` "

@@ -24,7 +24,6 @@ the evaluation pairs rose most (Table 6), with its description from ``interpret`
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,14 +175,6 @@ def personalize_head(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[
     return {"accuracy": top["accuracy"], "accuracy_std": top["accuracy_std"], "gain": top["gain"],
             "gain_std": top["gain_std"], "accuracy_before": float(before.mean()), "num_pairs": config.sizes[-1],
             "by_n": by_n, "by_group": by_group}
-
-
-def load_descriptions(experts_json: str | Path) -> dict[int, str]:
-    """Expert id -> description from interpret's ``experts.json`` (empty when absent)."""
-    path = Path(experts_json)
-    if not path.exists():
-        return {}
-    return {int(e["id"]): str(e["description"]) for e in json.loads(path.read_text()).get("experts", [])}
 
 
 def personalize_variant(cache: FeatureCache, model_dir: str | Path, variant: str, group_by: str, *,

@@ -275,6 +275,14 @@ def _text(completion: Any) -> str:
     raise TypeError(f"completion must be text or a list of messages, got {type(completion).__name__}")
 
 
+def load_descriptions(experts_json: str | Path) -> dict[int, str]:
+    """Expert id -> description from interpret's ``experts.json`` (empty when absent)."""
+    path = Path(experts_json)
+    if not path.exists():
+        return {}
+    return {int(e["id"]): str(e["description"]) for e in json.loads(path.read_text()).get("experts", [])}
+
+
 def reward_function(model: RewardModel, batch_size: int = 64,
                     name: str = "smoe_reward") -> Callable[..., list[float]]:
     """``model`` as a reward function for GRPO-style policy training (e.g. TRL's

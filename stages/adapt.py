@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 
 from pipeline.adaptation import AdaptConfig
-from pipeline.user_prefs import (adapt_model, check_output_dir, default_descriptions_path,
+from pipeline.user_prefs import (adapt_model, check_output_dir, default_descriptions_path, load_descriptions,
                                read_preference_file, save_adapted)
-from pipeline.personalize import load_descriptions
 from pipeline import backbone as bb
 from pipeline.reward_model import RewardModel
 from stages import common as P
