@@ -17,15 +17,16 @@ def main(
 ) -> None:
     """Build the canonical pairs table of DATASET from its `datasets.<DATASET>` params
     (source: builtin:<name> | hub id | local file, folder or glob, e.g. a published
-    .jsonl.gz as it is; plus adapter or columns, labels, min_margin, split, seed, ...;
-    pipeline/sources.py documents every key)."""
+    .jsonl.gz as it is | shared:<path> of the real datasets, sha256-checked; plus adapter
+    or columns, labels, min_margin, split, seed, ...; pipeline/sources.py documents
+    every key)."""
     # Imported here: `datasets` (0.7 s) is only needed by this stage, not by every `smoe` call.
     from pipeline.prepare import prepare
 
     spec = P.section(P.load(params_file), "datasets", dataset)
     if not isinstance(spec, dict) or not spec.get("source"):
         raise typer.BadParameter(f"datasets.{dataset} needs a 'source' (builtin:<name>, a hub id, "
-                                 f"or a local file, folder or glob)")
+                                 f"a local file, folder or glob, or shared:<path>)")
     spec = dict(spec)
     source = str(spec.pop("source"))
     builtin_params = spec.pop("params", None)
