@@ -666,7 +666,7 @@ def build_report(data_dir: Path, out_dir: Path, *, category_experiment: str = "c
         b.add(*_absent_note(b, absent, f"run `smoe evaluate {interpret_experiment} {{v}}`"))
     experts = {v: b.json(f"interpret/{interpret_experiment}/{v}/experts.json") for v in ROUTED}
     if interp:
-        # evaluate merges description fidelity from interpret; fill it in if it ran before interpret did
+        # description fidelity is interpret's (its experts.json), joined to evaluate's metrics here
         interp = {v: ({**{k: experts[v][k] for k in ("description_fidelity", "description_fidelity_random")
                           if experts.get(v) and k in experts[v]}, **m}) for v, m in interp.items()}
         kind = (experts.get(variant) or {}).get("specialization_kind")

@@ -63,6 +63,13 @@ def build(cls: type[T], values: dict[str, Any] | None, where: str, *, ignore: tu
         raise typer.BadParameter(f"{where}: {e}") from None
 
 
+def one_of(value: str, allowed: tuple[str, ...], what: str = "variant") -> str:
+    """``value`` if it is one of ``allowed``, else click's usage error naming the choices."""
+    if value not in allowed:
+        raise typer.BadParameter(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+    return value
+
+
 def experiment(params: dict[str, Any], name: str) -> dict[str, Any]:
     """One ``experiments.<name>`` block, checked: a dataset and K, optionally lambda
     overrides and the column personalization groups by."""

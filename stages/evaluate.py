@@ -36,8 +36,7 @@ def main(
     global entropy (Eq. 5), expert correlation (Eq. 6), and where the data has categories,
     category coverage (Eq. 8), expert purity (Eq. 9-10) and specialization (Eq. 11-13) with
     per-category tables. Also a per-pair Parquet dump, sample routings and figures."""
-    if variant not in VARIANTS:
-        raise typer.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    P.one_of(variant, VARIANTS)
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])

@@ -51,8 +51,7 @@ def main(
     if variant in UNROUTED:
         raise InterpretError(f"{variant} has no input-dependent router, so there are no experts to describe; "
                              f"interpret one of {', '.join(ROUTED)}")
-    if variant not in ROUTED:
-        raise typer.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(ROUTED)}")
+    P.one_of(variant, ROUTED)
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     config = P.build(InterpretConfig, params.get("interpret"), "interpret")

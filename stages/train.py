@@ -27,8 +27,7 @@ def main(
     """Train one reward head of one experiment from its cached features only: single,
     vanilla, micro, sparse (lambdas from params.yaml, per-experiment values win) or hyre.
     The backbone is not loaded. Only sparse reads the lambdas."""
-    if variant not in VARIANTS:
-        raise typer.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    P.one_of(variant, VARIANTS)
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     config = P.build(TrainConfig, P.section(params, "train"), "train")
