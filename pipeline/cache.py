@@ -42,7 +42,6 @@ by rank 0) takes over the checksums and the sidecars are removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -54,6 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pipeline.errors import UserError
+from pipeline.integrity import ArtifactError, sha256_file, verify_once
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -78,14 +78,6 @@ def shard_schema(hidden_size: int, dtype: str) -> pa.Schema:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -165,7 +157,12 @@ def completed_shard(directory: Path, index: int, plan_hash: str, expected: dict 
 
 
 class FeatureCache:
-    """Read access to a finished cache directory."""
+    """Read access to a finished cache directory.
+
+    Every file is checked against its manifest checksum before this process first reads
+    it (:func:`pipeline.integrity.verify_once`), and anything pyarrow cannot read becomes
+    a :class:`CacheError` naming the file: no stage trains on, or reports from, a shard
+    that is not the one featurize wrote."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -173,13 +170,31 @@ class FeatureCache:
         if not manifest_path.exists():
             raise CacheError(f"{self.path}: no {MANIFEST}; this is not a finished feature cache "
                              f"(run `smoe featurize`, or `dvc pull` it from the remote)")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in self.manifest]
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CacheError(f"{manifest_path}: damaged, not valid JSON ({e}); {self.recovery}") from None
+        if not isinstance(self.manifest, dict):
+            raise CacheError(f"{manifest_path}: damaged, not a JSON object; {self.recovery}")
+        missing = [k for k in (*REQUIRED_MANIFEST_KEYS, "pairs_sha256") if k not in self.manifest]
         if missing:
-            raise CacheError(f"{manifest_path}: manifest lacks {missing}")
+            raise CacheError(f"{manifest_path}: manifest lacks {missing}; {self.recovery}")
         if self.manifest["format_version"] != FORMAT_VERSION:
             raise CacheError(f"{manifest_path}: cache format {self.manifest['format_version']}, "
-                             f"this code reads format {FORMAT_VERSION}")
+                             f"this code reads format {FORMAT_VERSION}; {self.recovery}")
+        shards = self.manifest["shards"]
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("sha256"), str)
+                for s in shards):
+            raise CacheError(f"{manifest_path}: damaged, 'shards' is not a list of {{file, sha256}} records; "
+                             f"{self.recovery}")
+
+    @property
+    def recovery(self) -> str:
+        """What a user does about a damaged cache: featurize recomputes only the shards
+        whose checksum fails, and DVC can restore the whole folder from its cache."""
+        return (f"re-run featurize for it (`dvc repro` or `smoe featurize`; only damaged shards are "
+                f"recomputed), or restore it with `dvc checkout {self.path}`")
 
     @property
     def hidden_size(self) -> int:
@@ -188,37 +203,78 @@ class FeatureCache:
     def shard_paths(self) -> list[Path]:
         return [self.path / SHARD_DIR / s["file"] for s in self.manifest["shards"]]
 
+    def _checked(self, path: Path, expected: str) -> Path:
+        try:
+            verify_once(path, expected)
+        except ArtifactError as e:
+            raise CacheError(f"{e}; {self.recovery}") from None
+        return path
+
+    def _pairs_path(self) -> Path:
+        return self._checked(self.path / PAIRS, self.manifest["pairs_sha256"])
+
+    def _shard_path(self, record: dict[str, Any]) -> Path:
+        return self._checked(self.path / SHARD_DIR / record["file"], record["sha256"])
+
+    def _unreadable(self, path: Path, error: Exception) -> CacheError:
+        # Reached only when the bytes match the manifest: the manifest itself describes a
+        # file pyarrow cannot read (e.g. a manifest rewritten over a foreign folder).
+        return CacheError(f"{path}: unreadable as Parquet ({type(error).__name__}: {error}); {self.recovery}")
+
+    def _check_width(self, path: Path, column: pa.Array | pa.ChunkedArray) -> None:
+        width = getattr(column.type, "list_size", None)
+        if width != self.hidden_size:
+            raise CacheError(f"{path}: states have width {width}, the manifest says hidden size "
+                             f"{self.hidden_size} (a shard from another cache?); {self.recovery}")
+
     def verify(self) -> list[str]:
-        """Check every shard, and the pairs table, against its manifest checksum (caches
-        written before ``pairs_sha256`` existed skip the pairs check). Returns the problems."""
+        """Check every shard, and the pairs table, against its manifest checksum. Returns
+        the problems (what `smoe cache info` prints); readers raise on the first instead."""
         problems = []
-        for record in self.manifest["shards"]:
-            path = self.path / SHARD_DIR / record["file"]
+        files = [(self.path / PAIRS, self.manifest["pairs_sha256"])]
+        files += [(self.path / SHARD_DIR / r["file"], r["sha256"]) for r in self.manifest["shards"]]
+        for path, expected in files:  # always rehashed: this is the explicit full check
             if not path.exists():
                 problems.append(f"{path}: missing")
-            elif sha256_file(path) != record["sha256"]:
-                problems.append(f"{path}: checksum mismatch (corrupt or truncated)")
-        if not (self.path / PAIRS).exists():
-            problems.append(f"{self.path / PAIRS}: missing")
-        elif "pairs_sha256" in self.manifest and sha256_file(self.path / PAIRS) != self.manifest["pairs_sha256"]:
-            problems.append(f"{self.path / PAIRS}: checksum mismatch (corrupt or truncated)")
+            elif sha256_file(path) != expected:
+                problems.append(f"{path}: checksum mismatch (damaged, truncated or replaced since it was written)")
         return problems
 
     def pairs(self, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path / PAIRS, columns=columns)
+        path = self._pairs_path()
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            raise self._unreadable(path, e) from None
 
     def iter_shards(self, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
-        for path in self.shard_paths():
-            yield path, pq.read_table(path, columns=columns)
+        for record in self.manifest["shards"]:
+            path = self._shard_path(record)
+            try:
+                table = pq.read_table(path, columns=columns)
+            except (pa.ArrowException, OSError) as e:
+                raise self._unreadable(path, e) from None
+            for name in ("response_state", "prompt_state"):
+                if name in table.column_names:
+                    self._check_width(path, table.column(name))
+            yield path, table
 
     def iter_batches(self, columns: list[str], batch_rows: int = 4096) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
         """(shard path, first row's index in the shard, batch) over every shard, ``batch_rows``
         rows at a time: memory stays at one batch however large the shards are."""
-        for path in self.shard_paths():
+        for record in self.manifest["shards"]:
+            path = self._shard_path(record)
             offset = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
-                yield path, offset, batch
-                offset += batch.num_rows
+            try:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns,
+                                                               use_threads=False):
+                    for name in ("response_state", "prompt_state"):
+                        if name in batch.schema.names:
+                            self._check_width(path, batch.column(name))
+                    yield path, offset, batch
+                    offset += batch.num_rows
+            except (pa.ArrowException, OSError) as e:
+                raise self._unreadable(path, e) from None
 
     def states(self, seq_ids: Iterable[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Map seq_id -> (response_state, prompt_state) as float32; all, or just ``seq_ids``.

@@ -332,6 +332,10 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
             "pooling": backbone.pooling,
             "template_hash": backbone.template_hash,
             "template_kwargs": backbone.template_kwargs,
+            # The params that shape the rendered template, so that training (which never
+            # loads the backbone) can refuse a cache made with another one.
+            "template_params": {"system_prompt": backbone.config.system_prompt,
+                                "template_date": backbone.config.template_date},
             "max_length": backbone.config.max_length,
             "truncation_policy": backbone.config.truncation,
             "num_sequences": len(used),

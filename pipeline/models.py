@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from pipeline.errors import UserError
+from pipeline.integrity import ArtifactError, verify_checksums, write_checksums
 
 if TYPE_CHECKING:  # type only: running a head must not import the cache reader
     from pipeline.split_store import SplitStore
@@ -41,6 +42,7 @@ KINDS = ("moe", "single", "hyre")
 # The five heads the paper compares (trained by pipeline/train.py): kind single, moe x 3, hyre.
 VARIANTS = ("single", "vanilla", "micro", "sparse", "hyre")
 ROUTERS = ("mlp", "linear")
+HEAD_FILES = ("config.json", "model.safetensors")  # what load() reads; both checksummed
 
 
 @dataclass
@@ -181,16 +183,25 @@ class RewardHead(nn.Module):
         config = asdict(self.config)
         config["extra"] = {**config["extra"], **extra}
         (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_checksums(directory, HEAD_FILES)  # last: its presence means the folder is complete
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "RewardHead":
+        """Load a saved head, after checking its files against ``checksums.json``: a head
+        with a flipped byte must not score (issue: silent wrong rewards)."""
         directory = Path(directory)
-        for name in ("config.json", "model.safetensors"):
+        for name in HEAD_FILES:
             if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory}: no {name}; is this a trained head directory "
-                                        f"(data/models/<experiment>/<variant>)?")
-        head = cls(HeadConfig(**json.loads((directory / "config.json").read_text())))
-        head.load_state_dict(load_file(str(directory / "model.safetensors"), device=map_location))
+                raise ArtifactError(f"{directory}: no {name}; is this a trained head directory "
+                                    f"(data/models/<experiment>/<variant>)?")
+        recover = f"retrain or restore it (`dvc repro`, or `dvc checkout {directory}`)"
+        verify_checksums(directory, recover)
+        try:  # the bytes are the ones save() wrote; failing here means save() wrote them wrong
+            head = cls(HeadConfig(**json.loads((directory / "config.json").read_text())))
+            head.load_state_dict(load_file(str(directory / "model.safetensors"), device=map_location))
+        except (ValueError, TypeError, KeyError, RuntimeError) as e:
+            raise ArtifactError(f"{directory}: not a head this smoe-rm can load ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0]}); {recover}") from None
         return head.eval()
 
 

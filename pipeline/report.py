@@ -423,9 +423,19 @@ def table8(rows: list[dict[str, Any]], threshold: float = COLLAPSE_THRESHOLD) ->
 
 # ---------------------------------------------------------------------------- loading
 
+class DamagedResultError(UserError, ValueError):
+    """A stage's output that the report reads is not what the stage writes."""
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     # The pipeline writes NaN for undefined metrics (allow_nan); json reads it back as nan.
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedResultError(f"{path}: damaged, not valid JSON ({e}); re-run the stage that writes it "
+                                 f"(`dvc repro`), or restore it with `dvc checkout {path}`") from None
 
 
 def single_accuracy_by_category(predictions: Path) -> dict[str, dict[str, float]] | None:
@@ -435,7 +445,11 @@ def single_accuracy_by_category(predictions: Path) -> dict[str, dict[str, float]
         return None
     import pyarrow.parquet as pq  # only this fallback needs it
 
-    table = pq.read_table(predictions, columns=["category", "correct"]).to_pydict()
+    try:
+        table = pq.read_table(predictions, columns=["category", "correct"]).to_pydict()
+    except (OSError, KeyError, ValueError) as e:  # pyarrow's errors subclass these
+        raise DamagedResultError(f"{predictions}: unreadable ({type(e).__name__}: {e}); re-run evaluate "
+                                 f"(`dvc repro`), or restore it with `dvc checkout {predictions}`") from None
     totals: dict[str, list[int]] = {}
     for category, correct in zip(table["category"], table["correct"]):
         if category is not None:

@@ -192,13 +192,29 @@ class CacheMismatchError(UserError, ValueError):
     pass
 
 
-def check_cache_backbone(manifest: dict[str, Any], expected: dict[str, str], where: str) -> None:
-    """Refuse a cache built by another backbone than the params name, before any training."""
+def check_cache_backbone(manifest: dict[str, Any], expected: dict[str, str], where: str,
+                         template: dict[str, Any] | None = None) -> None:
+    """Refuse a cache built by another backbone, or (when ``template`` is given: the
+    ``system_prompt`` and ``template_date`` of params' backbone block) rendered through
+    another chat template than the params name, before any training. The backbone is
+    never loaded here: source and revision fix the tokenizer's template, and these two
+    params are everything else that goes into it."""
     if manifest.get("backbone") != expected["source"] or str(manifest.get("revision")) != str(expected["revision"]):
         raise CacheMismatchError(
             f"{where} was built by backbone {manifest.get('backbone')!r} (revision {manifest.get('revision')!r}), "
             f"but params.yaml's backbone is {expected['source']!r} (revision {expected['revision']!r}). "
             f"Re-run featurize with this backbone (`dvc repro`), or set backbone.source to the cache's.")
+    if template is None:
+        return
+    cached = manifest.get("template_params")
+    if cached is None:
+        raise CacheMismatchError(f"{where} does not record the chat-template params it was built with (an older "
+                                 f"cache); re-run featurize (`dvc repro`) to rebuild it")
+    differ = {k: (cached.get(k), v) for k, v in template.items() if cached.get(k) != v}
+    if differ:
+        sides = "; ".join(f"backbone.{k}: cache {c!r}, params.yaml {v!r}" for k, (c, v) in differ.items())
+        raise CacheMismatchError(f"{where} was rendered through another chat template than params.yaml's ({sides}). "
+                                 f"Re-run featurize with these params (`dvc repro`), or set them to the cache's.")
 
 
 def train_experiment(cache: FeatureCache, models_dir: str | Path, curves_dir: str | Path, *,

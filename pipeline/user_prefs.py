@@ -15,6 +15,7 @@ reward function with the signature GRPO trainers call (paper App. I).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -251,9 +252,13 @@ def save_adapted(out: str | Path, head: RewardHead, report: Mapping[str, Any], f
     try:
         head.save(tmp, **extra)
         write_report(tmp, report)
+        # Old folder aside, new one in, old one gone: at every instant `out` is either the
+        # previous complete folder or the new complete one.
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)
         tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -280,7 +285,11 @@ def load_descriptions(experts_json: str | Path) -> dict[int, str]:
     path = Path(experts_json)
     if not path.exists():
         return {}
-    return {int(e["id"]): str(e["description"]) for e in json.loads(path.read_text()).get("experts", [])}
+    try:
+        return {int(e["id"]): str(e["description"]) for e in json.loads(path.read_text()).get("experts", [])}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise PreferenceFileError(f"{path}: not interpret's experts.json ({type(e).__name__}: {e}); re-run "
+                                  f"interpret, or pass the right file") from None
 
 
 def reward_function(model: RewardModel, batch_size: int = 64,

@@ -26,5 +26,6 @@ def main(
         for p in problems:
             typer.echo(f"BAD {p}", err=True)
         if problems:
+            typer.echo(f"to repair: {cache.recovery}", err=True)
             raise typer.Exit(1)
         typer.echo(f"ok: {len(cache.manifest['shards'])} shard checksums verified")

@@ -97,6 +97,21 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _remove_orphans(target: Path) -> None:
+    """Delete the scratch that a killed run (SIGKILL skips every cleanup) left beside
+    ``target``: any ``.<name>.staging-<pid>`` / ``.<name>.old-<pid>`` whose process is gone."""
+    for path in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = path.name[len(target.name) + 2:].rpartition("-")
+        if kind not in ("staging", "old") or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: the run that owned it is dead
+            _remove(path)
+        except PermissionError:  # alive, under another user
+            pass
+
+
 @contextmanager
 def staged(*targets: Path) -> Iterator[tuple[Path, ...]]:
     """One scratch path beside each output (file or folder) of a stage, swapped in only
@@ -106,9 +121,10 @@ def staged(*targets: Path) -> Iterator[tuple[Path, ...]]:
     leaves a half-written output, or new outputs beside stale ones."""
     tag = f"staging-{os.getpid()}"
     scratch = tuple(t.with_name(f".{t.name}.{tag}") for t in targets)
-    for path in scratch:
+    for target, path in zip(targets, scratch):
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove(path)
+        _remove_orphans(target)
     try:
         yield scratch
         for target, new in zip(targets, scratch):

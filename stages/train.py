@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.backbone import source_identity
+from pipeline.backbone import BackboneConfig, source_identity
 from pipeline.cache import FeatureCache
 from pipeline.train import VARIANTS, TrainConfig, check_cache_backbone, train_experiment
 from stages import common as P
@@ -32,8 +32,10 @@ def main(
     spec = P.experiment(params, experiment)
     config = P.build(TrainConfig, P.section(params, "train"), "train")
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
-    expected = source_identity(P.section(params, "backbone", "source"), params["backbone"].get("revision"))
-    check_cache_backbone(cache.manifest, expected, str(cache.path))
+    backbone = P.build(BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",),
+                       model=P.section(params, "backbone", "source"))
+    check_cache_backbone(cache.manifest, source_identity(backbone.model, backbone.revision), str(cache.path),
+                         template={"system_prompt": backbone.system_prompt, "template_date": backbone.template_date})
     out = out or Path("data/models") / experiment / variant
     curves = curves or Path("data/plots/train") / experiment / variant
     lambdas = P.lambdas(params, experiment) if variant == "sparse" else {}

@@ -94,7 +94,7 @@ def test_smoe_adapt_writes_a_loadable_head_whose_router_alone_moved(trained, tin
     out = tmp_path / "me"
     proc = subprocess.run(adapt_cmd(trained, tiny_llama, examples, out), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "report.md", "report.json"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "checksums.json", "report.md", "report.json"}
     assert not list(tmp_path.glob(".me.*"))  # no temporary folder left behind
 
     original, adapted = RewardHead.load(trained), RewardHead.load(out)

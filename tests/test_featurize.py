@@ -267,4 +267,4 @@ def test_verify_catches_a_corrupt_pairs_table(tmp_path):
     data = bytearray(pairs.read_bytes())
     data[len(data) // 2] ^= 0xFF
     pairs.write_bytes(data)
-    assert cache.FeatureCache(out).verify() == [f"{pairs}: checksum mismatch (corrupt or truncated)"]
+    assert cache.FeatureCache(out).verify() == [f"{pairs}: checksum mismatch (damaged, truncated or replaced since it was written)"]

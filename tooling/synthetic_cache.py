@@ -77,6 +77,7 @@ def write_synthetic_cache(out: str | Path, *, num_pairs: int, hidden_size: int, 
     manifest = {
         "format_version": FORMAT_VERSION, "backbone": backbone, "revision": "synthetic",
         "hidden_size": hidden_size, "dtype": dtype, "pooling": "last", "template_hash": template_hash,
+        "template_params": {"system_prompt": None, "template_date": "26 Jul 2024"},  # BackboneConfig's defaults
         "max_length": 0, "num_sequences": 2 * num_pairs, "num_pairs": num_pairs, "pairs_sha256": sha256_file(out / PAIRS),
         "pairs_by_split": {k: int(v) for k, v in splits.items()},
         "dropped": {"counts": {}, "pairs": [], "prepare": {}}, "truncated": {"count": 0, "seq_ids": []},
