@@ -7,6 +7,7 @@ import typer
 from stages import common
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
                     pull, report, score, seeds, steer, train)
+from stages import export, rewardbench
 from stages import data
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
@@ -25,6 +26,8 @@ app.command("seeds")(seeds.main)
 app.command("score")(score.main)
 app.command("adapt")(adapt.main)
 app.command("pull")(pull.main)
+app.command("export")(export.main)
+app.command("rewardbench")(rewardbench.main)
 
 cache_app = typer.Typer(help="Inspect and verify feature caches.", no_args_is_help=True)
 cache_app.command("info")(cache_info.main)
