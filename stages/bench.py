@@ -1,5 +1,5 @@
-"""`smoe bench featurize | train | sweep`: each against its naive counterpart on the same
-pairs, in one run; `smoe bench scale`: the synthetic paper-scale memory check."""
+"""`smoe bench featurize | train | sweep | serve`: each against its naive counterpart on the
+same pairs, in one run; `smoe bench scale`: the synthetic paper-scale memory check."""
 
 from __future__ import annotations
 
@@ -178,3 +178,43 @@ def scale_cmd(
     typer.echo(f"build pair store {res['build_s']:.1f} s | train {res['train_s']:.1f} s for {epochs} epoch(s) "
                f"= {res['pairs_per_s']:.0f} pairs/s | peak RSS {res['peak_rss_mb']:.0f} MB")
     _write_json(json_out, where, res)
+
+
+def serve_cmd(
+    requests: int = typer.Option(128, help="Requests (one pair each) per concurrency level, in each mode."),
+    clients: list[int] = typer.Option([1, 16], "--clients", help="Concurrent clients (repeat the option)."),
+    experts: int = typer.Option(4, help="K of the randomly initialized head."),
+    backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (its backbone block)."),
+    workdir: Path = typer.Option(Path("/tmp/smoe-bench-serve"), help="Where the random head is saved."),
+    json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
+) -> None:
+    """`smoe serve` against calling RewardModel.score directly, same pairs, one run.
+
+    Direct: the clients are threads sharing one RewardModel in this process, one score
+    call per request, one at a time (plus one call over all of a level's pairs: the
+    batching ceiling). Server: `python -m stages.serve` on loopback, each client posting
+    one OpenRLHF query per request to /get_reward. Prints sequences/s and p50/p99 latency
+    per mode and client count. The head is randomly initialized (rewards do not matter
+    for throughput); the server's rewards are checked against the direct ones."""
+    from tooling.bench_serve import compare
+
+    params = P.load(params_file)
+    res = compare(_backbone(params, backbone_dir), workdir, requests=requests, clients=tuple(clients),
+                  num_experts=experts, params_file=params_file)
+    device = machine_label()
+    typer.echo(f"serve benchmark on {device}: {res['head']} (K={experts}), {requests} requests of one pair "
+               f"per level")
+    typer.echo(f"{'clients':>7}  {'mode':<17}{'seq/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'wall s':>8}")
+    for c, level in res["levels"].items():
+        for mode in ("direct", "server"):
+            r = level[mode]
+            typer.echo(f"{c:>7}  {mode:<17}{r['sequences_per_s']:>8.2f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}"
+                       f"{r['seconds']:>8.1f}")
+        one = level["direct_one_call"]
+        typer.echo(f"{c:>7}  {'direct, one call':<17}{one['sequences_per_s']:>8.2f}{'-':>9}{'-':>9}"
+                   f"{one['seconds']:>8.1f}")
+        typer.echo(f"{'':>7}  server rewards vs direct: max |diff| {level['server']['max_abs_diff_vs_direct']:.2e}")
+    before, after = (", ".join(f"{x:.1f}" for x in res[k]) for k in ("load_average_before", "load_average_after"))
+    typer.echo(f"machine load average (1/5/15 min): {before} before, {after} after")
+    _write_json(json_out, device, res)

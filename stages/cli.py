@@ -6,7 +6,7 @@ import typer
 
 from stages import common
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
-                    pull, report, score, seeds, steer, train)
+                    pull, report, score, seeds, serve, steer, train)
 from stages import export, rewardbench
 from stages import data
 
@@ -24,6 +24,7 @@ app.command("report")(report.main)
 app.command("grid")(grid.main)
 app.command("seeds")(seeds.main)
 app.command("score")(score.main)
+app.command("serve")(serve.main)
 app.command("adapt")(adapt.main)
 app.command("pull")(pull.main)
 app.command("export")(export.main)
@@ -38,6 +39,7 @@ bench_app.command("featurize")(bench.featurize_cmd)
 bench_app.command("train")(bench.train_cmd)
 bench_app.command("sweep")(bench.sweep_cmd)
 bench_app.command("scale")(bench.scale_cmd)
+bench_app.command("serve")(bench.serve_cmd)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data.app, name="data")
 
