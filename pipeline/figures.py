@@ -22,7 +22,8 @@ def _save(plt, fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    # format named, not read from the suffix: stages write under a scratch name first
+    fig.savefig(path, format="png")
     plt.close(fig)
     return path
 

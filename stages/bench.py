@@ -26,7 +26,8 @@ def _featurize(params: dict[str, Any]) -> FeaturizeConfig:
 
 def _write_json(path: Path | None, device: str, res: dict[str, Any]) -> None:
     if path:
-        path.write_text(json.dumps({"device": device, **res}, indent=2) + "\n")
+        with P.staged(path) as (new,):
+            new.write_text(json.dumps({"device": device, **res}, indent=2) + "\n")
 
 
 def featurize_cmd(

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from tooling.grid import METRICS, GridError, dvc_exp_show, grid_heatmap, grid_table, load_points, write_grid_csv
+from stages import common as P
 
 HEATMAP_METRICS = ("accuracy", "expert_purity", "expert_specialization", "routing_entropy")
 
@@ -40,12 +41,12 @@ def main(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
     table = grid_table(points)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.md").write_text(table)
-    write_grid_csv(points, out / "grid.csv")
-    for metric in HEATMAP_METRICS:
-        grid_heatmap(points, metric, out / f"heatmap_{metric}.png",
-                     title=f"{METRICS[metric]} ({Path(metrics).stem})")
+    targets = [out / "grid.md", out / "grid.csv", *(out / f"heatmap_{m}.png" for m in HEATMAP_METRICS)]
+    with P.staged(*targets) as (md, csv, *heatmaps):  # all of them replaced together, or none
+        md.write_text(table)
+        write_grid_csv(points, csv)
+        for metric, png in zip(HEATMAP_METRICS, heatmaps):
+            grid_heatmap(points, metric, png, title=f"{METRICS[metric]} ({Path(metrics).stem})")
     typer.echo(table, nl=False)
     unfinished = [p for p in points if p.status != "ok"]
     if unfinished:

@@ -9,6 +9,7 @@ import typer
 
 from tooling.grid import GridError, dvc_exp_show
 from tooling.seeds import DEFAULT_PER_SEED, by_group, load_seed_runs, seeds_report
+from stages import common as P
 
 
 def main(
@@ -59,6 +60,6 @@ def main(
     if len(runs) == 1:
         typer.echo("only one seed: nothing to compare yet", err=True)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
+        with P.staged(out) as (new,):
+            new.write_text(report)
         typer.echo(f"wrote {out}", err=True)
