@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 
 from pipeline import metrics
 from pipeline.models import RewardHead
@@ -42,12 +44,12 @@ REDUCTIONS = ("sum", "mean")
 
 @dataclass
 class AdaptConfig:
-    tau: float = 1e-3               # Hedge temperature (MiCRo's recommendation)
-    epochs: int = 10                # App. A: 10 epochs, batch 32, lr 0.01
-    batch_size: int = 32
-    lr: float = 0.01
-    hyre_temperature: float = 1.0   # HyRe's T
-    hyre_reduction: str = "sum"     # L_k(D) summed or averaged over D
+    tau: Annotated[float, Gt(0)] = 1e-3               # Hedge temperature (MiCRo's recommendation)
+    epochs: Annotated[int, Ge(1)] = 10                # App. A: 10 epochs, batch 32, lr 0.01
+    batch_size: Annotated[int, Ge(1)] = 32
+    lr: Annotated[float, Gt(0)] = 0.01
+    hyre_temperature: Annotated[float, Gt(0)] = 1.0   # HyRe's T
+    hyre_reduction: Literal["sum", "mean"] = "sum"     # L_k(D) summed or averaged over D
     seed: int = 0                   # order of the pairs within each epoch
 
     def __post_init__(self) -> None:

@@ -28,7 +28,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge
 
 import torch
 from pipeline.errors import UserError
@@ -187,10 +189,10 @@ class BackboneConfig:
     model: str  # folder made by `materialize`, a hub id, or a local path
     revision: str | None = None
     trust_remote_code: bool = False
-    dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
-    pooling: str = "auto"  # auto = last (decoders) / mean (encoders)
-    max_length: int = 1024
-    truncation: str = "truncate_prompt_left"  # or "drop"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    pooling: Literal["auto", "last", "mean"] = "auto"  # auto = last (decoders) / mean (encoders)
+    max_length: Annotated[int, Ge(2)] = 1024
+    truncation: Literal["truncate_prompt_left", "drop"] = "truncate_prompt_left"
     template_date: str = "26 Jul 2024"  # pinned into templates that would print today's date
     system_prompt: str | None = None  # None = the template's own default
     device: str = "auto"
@@ -233,7 +235,9 @@ class Backbone:
                               "system_prompt": self.config.system_prompt}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """The text featurize tokenizes: the chat template with the configured system prompt
+        and pinned template variables (what `smoe serve` and `smoe export` must reproduce)."""
         if self.config.system_prompt is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
         kwargs = dict(self.template_kwargs)
@@ -256,8 +260,8 @@ class Backbone:
             prefix = [tok.cls_token_id, *p, tok.sep_token_id]
             resp = [*r, tok.sep_token_id]
         else:
-            prefix_text = self._render(prompt, add_generation_prompt=True)
-            full_text = self._render([*prompt, {"role": "assistant", "content": response}], add_generation_prompt=False)
+            prefix_text = self.render(prompt, add_generation_prompt=True)
+            full_text = self.render([*prompt, {"role": "assistant", "content": response}], add_generation_prompt=False)
             prefix = tok(prefix_text, add_special_tokens=False).input_ids
             if full_text.startswith(prefix_text):
                 full = tok(full_text, add_special_tokens=False).input_ids
@@ -390,7 +394,7 @@ def load(config: BackboneConfig) -> Backbone:
     device = _pick_device(config.device)
     dtype = _pick_dtype(config.dtype, device)
     common = dict(revision=config.revision, trust_remote_code=config.trust_remote_code)
-    hf_config = AutoConfig.from_pretrained(ref, **common)
+    hf_config = _model_config(AutoConfig, ref, common)
     archs = getattr(hf_config, "architectures", None) or []
     is_decoder = not getattr(hf_config, "is_encoder_decoder", False) and hf_config.model_type not in (
         "bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet", "modernbert")
@@ -421,14 +425,38 @@ def load(config: BackboneConfig) -> Backbone:
     return backbone
 
 
+def _model_config(auto_config: Any, ref: str, common: dict[str, Any]) -> Any:
+    """The model's config: where the backbone is read first, so every way it cannot be
+    read (no such folder, a folder that is not a model, a hub that cannot be reached) is
+    one :class:`BackboneError` here, naming it and what to do."""
+    local = Path(ref).expanduser()
+    looks_local = local.exists() or ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1
+    if looks_local and not local.is_dir():
+        raise BackboneError(f"{ref}: no backbone folder here; materialize one with `smoe backbone --out {ref}` "
+                            f"(or `dvc repro backbone`), or pass --backbone <folder or hub id>")
+    if looks_local and not (local / "config.json").is_file():
+        raise BackboneError(f"{ref}: not a model folder (no config.json); point --backbone at the folder "
+                            f"`smoe backbone` wrote (data/backbone)")
+    try:
+        return auto_config.from_pretrained(ref, **common)
+    except OSError as err:
+        if looks_local:
+            raise BackboneError(f"{ref}: cannot be read as a model ({' '.join(str(err).split())[:200]})") from None
+        raise BackboneError(f"cannot load backbone {ref!r}: the Hugging Face hub cannot be reached from here, "
+                            f"or has no such model; materialize it where the hub can be reached "
+                            f"(`smoe backbone --out DIR`), copy DIR here and pass --backbone DIR") from None
+    except ValueError as err:  # e.g. a config.json without model_type
+        raise BackboneError(f"{ref}: not a model transformers can load ({' '.join(str(err).split())[:200]})") from None
+
+
 def _check_template_is_pinned(backbone: Backbone) -> None:
     """Refuse templates that would put today's date (or anything else that changes by
     itself) into the features: render a probe twice and look for today's date."""
     if backbone.pooling != "last":
         return
     probe = [{"role": "user", "content": "probe"}]
-    first = backbone._render(probe, add_generation_prompt=True)
-    if first != backbone._render(probe, add_generation_prompt=True):
+    first = backbone.render(probe, add_generation_prompt=True)
+    if first != backbone.render(probe, add_generation_prompt=True):
         raise BackboneError("the chat template renders differently on each call; it cannot be cached")
     today = _dt.date.today()
     for fmt in ("%d %b %Y", "%Y-%m-%d", "%B %d, %Y", "%d %B %Y"):

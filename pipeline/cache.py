@@ -243,7 +243,8 @@ class FeatureCache:
     def pairs(self, columns: list[str] | None = None) -> pa.Table:
         path = self._pairs_path()
         try:
-            return pq.read_table(path, columns=columns)
+            # one thread: pyarrow's pool + torch can abort (exit 134) a process that exits right after a read
+            return pq.ParquetFile(path).read(columns=columns, use_threads=False)
         except (pa.ArrowException, OSError) as e:
             raise self._unreadable(path, e) from None
 
@@ -251,7 +252,7 @@ class FeatureCache:
         for record in self.manifest["shards"]:
             path = self._shard_path(record)
             try:
-                table = pq.read_table(path, columns=columns)
+                table = pq.ParquetFile(path).read(columns=columns, use_threads=False)
             except (pa.ArrowException, OSError) as e:
                 raise self._unreadable(path, e) from None
             for name in ("response_state", "prompt_state"):

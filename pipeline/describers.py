@@ -16,8 +16,12 @@ both, selected by a spec string (:func:`make_backend`):
     A local transformers causal LM. Describe: the Fig. 4 prompt as one user turn through
     the tokenizer's chat template, greedy generation (bounded ``max_new_tokens``), the
     ``-"..."`` answer parsed (else the first non-empty line). Judge: the Fig. 5 prompt; no
-    generation: z = 1 iff the next-token logit of "YES" exceeds that of "NO" (first token
-    of each) after the generation prompt, in left-padded batches.
+    generation: z = 1 iff the model is likelier to answer YES than NO right after the
+    generation prompt: log sum over the answers YES / Yes / yes of P(answer) against the same
+    over NO / No / no, each answer scored as its whole token sequence (teacher-forced), since
+    a tokenizer may split one of them (SmolLM2: "YES" = "Y" + "ES", "NO" is one token, so
+    comparing first tokens would weigh the letter "Y" against the word "NO"). Case is
+    ignored as in :func:`parse_judgment`. Left-padded batches.
 ``openai:<base_url>``
     Any OpenAI-compatible chat-completions endpoint (``POST <base_url>/chat/completions``,
     ``temperature: 0``), over the standard library. The key is read from an environment
@@ -101,6 +105,9 @@ KEYWORDS_PREFIX = "keywords:"
 NO_KEYWORDS = "(none)"
 # Words of two or more letters (no digits or underscores): ids and numbers make poor keywords.
 TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"
+# The answers an hf judge's YES and NO stand for (scored by likelihood, case ignored).
+YES_ANSWERS = ("YES", "Yes", "yes")
+NO_ANSWERS = ("NO", "No", "no")
 # Characters of one prompt shown to an LLM (describe and judge): 20 long prompts must fit a
 # small model's context, and one pasted document must not crowd out the others.
 MAX_PROMPT_CHARS = 2000
@@ -278,9 +285,14 @@ class HFBackend(Backend):
         tok = self.tokenizer
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        self.yes_id, self.no_id = (tok(w, add_special_tokens=False).input_ids[0] for w in ("YES", "NO"))
-        if self.yes_id == self.no_id:
-            raise InterpretError(f"{self.name}: 'YES' and 'NO' start with the same token; cannot judge by logits")
+        def answers(words: tuple[str, ...]) -> list[tuple[int, ...]]:
+            return sorted({ids for ids in (tuple(tok(w, add_special_tokens=False).input_ids) for w in words) if ids})
+
+        self.yes_answers, self.no_answers = answers(YES_ANSWERS), answers(NO_ANSWERS)
+        if not self.yes_answers or not self.no_answers or set(self.yes_answers) & set(self.no_answers):
+            raise InterpretError(f"{self.name}: the tokenizer does not tell YES from NO; cannot judge by likelihood")
+        # every token prefix an answer is scored after: () for the first token, ("Y",) for "ES" ...
+        self._prefixes = sorted({a[:j] for a in self.yes_answers + self.no_answers for j in range(len(a))})
 
     def render(self, content: str) -> str:
         """One user turn through the chat template, ending with the generation prompt (a
@@ -307,8 +319,31 @@ class HFBackend(Backend):
             raise InterpretError(f"expert {expert_id}: {self.name} generated no description (answer {answer[:80]!r})")
         return description
 
+    def _last_log_probs(self, sequences: list[list[int]]) -> "torch.Tensor":
+        """log-softmax of the next-token logits after each sequence [len, vocab], one
+        left-padded forward pass (every sequence ends at the last column)."""
+        import torch
+
+        tok = self.tokenizer
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                      position_ids=positions.to(self.device))
+        with torch.inference_mode():
+            try:  # only the last position's logits: a [batch, length, vocab] tensor can be GBs
+                logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
+            except TypeError:  # a model class without logits_to_keep
+                logits = self.model(**inputs).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
     def judge_scores(self, description: str, prompts: list[str]) -> np.ndarray:
-        """logit("YES") - logit("NO") at the next token after each Fig. 5 prompt."""
+        """log P(YES-like answer) - log P(NO-like answer) after each Fig. 5 prompt (see the
+        module docstring): > 0 means YES."""
         import torch
 
         tok = self.tokenizer
@@ -318,22 +353,14 @@ class HFBackend(Backend):
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: every prompt ends at the last column
-                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            inputs = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                          position_ids=positions.to(self.device))
-            with torch.inference_mode():
-                try:  # only the last position's logits: a [batch, length, vocab] tensor can be GBs
-                    logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
-                except TypeError:  # a model class without logits_to_keep
-                    logits = self.model(**inputs).logits[:, -1]
-            diff = (logits[:, self.yes_id] - logits[:, self.no_id]).float().cpu().numpy()
-            scores[idx] = diff
+            after = {prefix: self._last_log_probs([encoded[i] + list(prefix) for i in idx]) for prefix in self._prefixes}
+
+            def answer_log_prob(answer: tuple[int, ...]) -> torch.Tensor:  # [batch]
+                return sum(after[answer[:j]][:, answer[j]] for j in range(len(answer)))
+
+            yes = torch.logsumexp(torch.stack([answer_log_prob(a) for a in self.yes_answers]), dim=0)
+            no = torch.logsumexp(torch.stack([answer_log_prob(a) for a in self.no_answers]), dim=0)
+            scores[idx] = (yes - no).double().numpy()
         return scores
 
     def _judge(self, expert_id: int, description: str, prompts: list[str]) -> list[int]:

@@ -164,7 +164,7 @@ def fold_moe_head(head: RewardHead) -> dict[str, torch.Tensor]:
 def baked_chat_template(backbone: bb.Backbone) -> str:
     """The backbone's chat template with the formatting featurize used fixed in it: the
     configured system prompt is inserted when the messages have none (as
-    ``Backbone._render`` does) and template variables such as the pinned date are set,
+    ``Backbone.render`` does) and template variables such as the pinned date are set,
     so ``tokenizer.apply_chat_template(messages)`` renders exactly what smoe-rm scored."""
     template = backbone.tokenizer.chat_template or bb.FALLBACK_TEMPLATE
     if not isinstance(template, str):
@@ -258,7 +258,7 @@ def assistant_header_ids(backbone: bb.Backbone, probes: list[tuple[list[dict[str
     prompt state is read at the last of them. Must be the same for every probe."""
     headers = set()
     for prompt, _, encoded in probes:
-        bare = backbone.tokenizer(backbone._render(prompt, add_generation_prompt=False),
+        bare = backbone.tokenizer(backbone.render(prompt, add_generation_prompt=False),
                                   add_special_tokens=False).input_ids
         if encoded.prefix[: len(bare)] != bare or len(encoded.prefix) == len(bare):
             raise ExportError("the chat template's generation prompt does not extend the rendered prompt token by "

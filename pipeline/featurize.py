@@ -26,7 +26,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge
 
 import numpy as np
 import pyarrow as pa
@@ -44,14 +46,14 @@ FEATURE_DTYPES = ("float16", "float32")
 class FeaturizeConfig:
     """Plain data: how to run featurization (mirrors ``params.yaml: featurize``)."""
 
-    dtype: str = "float16"  # storage dtype of the vectors
-    token_budget: int = 4096  # padded tokens per forward batch
-    max_responses_per_row: int = 16  # responses packed after one shared prompt
-    shard_max_mb: int = 256  # uncompressed vector bytes per shard: few large files push fast
-    shard_max_sequences: int = 1_000_000
-    padding_side: str = "right"
-    integrity_samples: int = 0  # >0: check score_head . h == model reward on this many
-    seed: int = 0
+    dtype: Literal["float16", "float32"] = "float16"  # storage dtype of the vectors
+    token_budget: Annotated[int, Ge(1)] = 4096  # padded tokens per forward batch
+    max_responses_per_row: Annotated[int, Ge(1)] = 16  # responses packed after one shared prompt
+    shard_max_mb: Annotated[int, Ge(1)] = 256  # uncompressed vector bytes per shard: few large files push fast
+    shard_max_sequences: Annotated[int, Ge(1)] = 1_000_000
+    padding_side: Literal["right", "left"] = "right"
+    integrity_samples: Annotated[int, Ge(0)] = 0  # >0: check score_head . h == model reward on this many
+    seed: Annotated[int, Ge(0)] = 0
 
 
 @dataclass
@@ -377,7 +379,8 @@ def integrity_check(backbone: Backbone, tokens: pa.Table, plan: Plan, out_dir: P
     index = {sid: i for i, sid in enumerate(plan.seq_ids)}
     states = {}
     for rec in records:
-        table = pq.read_table(out_dir / cache.SHARD_DIR / rec.file, columns=["seq_id", "response_state"])
+        table = pq.ParquetFile(out_dir / cache.SHARD_DIR / rec.file).read(columns=["seq_id", "response_state"],
+                                                                           use_threads=False)
         vecs = cache.arrow_to_vectors(table.column("response_state")).astype(np.float64)
         states.update(zip(table.column("seq_id").to_pylist(), vecs))
     sample = random.Random(config.seed).sample(sorted(states), min(config.integrity_samples, len(states)))

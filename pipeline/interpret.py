@@ -32,7 +32,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge, Len
 
 import numpy as np
 
@@ -70,12 +72,12 @@ class InterpretConfig:
 
     describer: str = "keywords"       # keywords | hf:<model or path> | openai:<base_url>
     judge: str = "keywords"           # same choices; the same spec as describer shares one backend
-    top_n: int = 20                   # validation prompts per expert shown to the describer
-    per_stratum: int = 100            # test prompts judged per stratum (top 10 % / the rest)
-    seed: int = 0                     # of the stratified sample and of the random baseline
-    keywords: int = 5                 # keywords: terms per description
-    llm_model: str = "gpt-4o-mini"    # openai: model name sent to the endpoint
-    max_new_tokens: int = 48          # hf: tokens generated for a description
+    top_n: Annotated[int, Ge(1)] = 20                   # validation prompts per expert shown to the describer
+    per_stratum: Annotated[int, Ge(1)] = 100            # test prompts judged per stratum (top 10 % / the rest)
+    seed: Annotated[int, Ge(0)] = 0   # of the stratified sample and of the random baseline
+    keywords: Annotated[int, Ge(1)] = 5                 # keywords: terms per description
+    llm_model: Annotated[str, Len(1)] = "gpt-4o-mini"    # openai: model name sent to the endpoint
+    max_new_tokens: Annotated[int, Ge(1)] = 48          # hf: tokens generated for a description
     device: str = "auto"              # hf: auto | cpu | cuda | cuda:<n> | mps
 
     def __post_init__(self) -> None:

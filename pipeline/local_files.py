@@ -52,6 +52,7 @@ from pipeline.pairs import SchemaError
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+ARCHIVES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 # Blocks large enough for long rows (a row may not straddle two blocks).
@@ -67,21 +68,32 @@ class LocalFile:
     """One file of a local source: its rows as an Arrow table, iterable as dicts.
 
     ``label`` is the path as the user wrote it (for messages); ``notes`` explains columns
-    read as JSON text because their values change type between rows.
+    typed as JSON text because their values change type between rows. Rows carry such a
+    column's ORIGINAL values (``raw``), so that a number or an object in a text column
+    reaches the row checks as what it is, and is dropped and counted there, instead of
+    passing as the text of its JSON.
     """
 
-    def __init__(self, label: str, table: pa.Table, notes: dict[str, str] | None = None):
+    def __init__(self, label: str, table: pa.Table, notes: dict[str, str] | None = None,
+                 raw: dict[str, list[Any]] | None = None):
         self.label = label
         self.table = table
         self.notes = notes or {}
+        self.raw = raw or {}
         self.features = datasets.Features.from_arrow_schema(table.schema)
 
     def __len__(self) -> int:
         return self.table.num_rows
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        start = 0
         for batch in self.table.to_batches(max_chunksize=2048):
-            yield from batch.to_pylist()
+            rows = batch.to_pylist()
+            for name, values in self.raw.items():
+                for i, row in enumerate(rows):
+                    row[name] = values[start + i]
+            start += len(rows)
+            yield from rows
 
 
 # --------------------------------------------------------------------------------------
@@ -131,6 +143,10 @@ def list_files(source: str) -> list[Path]:
             raise FileNotFoundError(f"{source}: no data files in this directory ({_supported_names()})")
         return sorted(files)
     if file_format(path)[0] is None:
+        suffix = "".join(path.suffixes).lower()
+        if suffix.endswith(ARCHIVES):
+            raise SourceFileError(f"{source}: is an archive ({suffix}); extract it and use the extracted file "
+                                  f"or folder as the source ({_supported_names()})")
         raise SourceFileError(f"{source}: unsupported file type {''.join(path.suffixes)!r}; "
                               f"use {_supported_names()}, a directory or a glob")
     if not path.is_file():
@@ -183,11 +199,12 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _table_from_rows(rows: list[dict], where: str, label: str) -> tuple[pa.Table, dict[str, str]]:
-    """Column by column, so that a column whose values change type is kept as JSON text
-    (noted) instead of failing the whole file."""
+def _table_from_rows(rows: list[dict], where: str, label: str
+                     ) -> tuple[pa.Table, dict[str, str], dict[str, list[Any]]]:
+    """Column by column, so that a column whose values change type is typed as JSON text
+    (noted, its original values kept) instead of failing the whole file."""
     names = list(dict.fromkeys(key for row in rows for key in row))
-    arrays, notes = {}, {}
+    arrays, notes, raw = {}, {}, {}
     for name in names:
         values = [row.get(name) for row in rows]
         try:
@@ -200,7 +217,8 @@ def _table_from_rows(rows: list[dict], where: str, label: str) -> tuple[pa.Table
                            f"{where} {first + 1}, {_kind(values[other])} in {where} {other + 1}); read as JSON text")
             arrays[name] = pa.array([v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
                                      for v in values], pa.string())
-    return pa.table(arrays), notes
+            raw[name] = values
+    return pa.table(arrays), notes, raw
 
 
 def _json_rows(text: str, label: str) -> tuple[list[dict], str]:
@@ -239,10 +257,10 @@ def _whole_json(text: str) -> Any:
         return None
 
 
-def _read_json(data: bytes, label: str) -> tuple[pa.Table, dict[str, str]]:
+def _read_json(data: bytes, label: str) -> tuple[pa.Table, dict[str, str], dict[str, list[Any]]]:
     if not data.lstrip().startswith(b"["):
         try:  # the fast path: pyarrow's reader; only a file it rejects is parsed in Python
-            return pa_json.read_json(io.BytesIO(data), read_options=_JSON_READ), {}
+            return pa_json.read_json(io.BytesIO(data), read_options=_JSON_READ), {}, {}
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     rows, where = _json_rows(data.decode("utf-8"), label)
@@ -259,7 +277,10 @@ def _read_csv(data: bytes, label: str) -> pa.Table:
 
 def _read_parquet(data: bytes, label: str) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(data))
+        # ParquetFile, one thread: read_table's thread pool can outlive the read by a few
+        # ms, and a process that exits then (a one-line refusal right after) aborts in
+        # C++ teardown next to torch ("terminate called without an active exception").
+        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as err:
         raise SourceFileError(f"{label}: not a readable Parquet file ({err})") from None
 
@@ -272,21 +293,50 @@ def read_file(path: Path, label: str | None = None) -> LocalFile:
         raw = path.read_bytes()
     except OSError as err:
         raise SourceFileError(f"{label}: cannot be read ({err.strerror or err})") from None
+    if not raw:
+        raise SourceFileError(f"{label}: empty file (0 bytes); export the data again, or remove the file from the source")
     data = _decompress(raw, compression, label)
+    _check_kind(data, fmt, compression, label)
     notes: dict[str, str] = {}
+    originals: dict[str, list[Any]] = {}
     if fmt == "parquet":
         table = _read_parquet(data, label)
     else:
         data = _check_utf8(data, label)
         if not data.strip():
-            raise SourceFileError(f"{label}: empty file")
+            raise SourceFileError(f"{label}: empty file (no text); export the data again, or remove the file "
+                                  f"from the source")
         if fmt == "json":
-            table, notes = _read_json(data, label)
+            table, notes, originals = _read_json(data, label)
         else:
             table = _read_csv(data, label)
     if table.num_rows == 0:
-        raise SourceFileError(f"{label}: holds no rows")
-    return LocalFile(label, table, notes)
+        raise SourceFileError(f"{label}: holds no rows (only a header or an empty list); export the data again")
+    return LocalFile(label, table, notes, originals)
+
+
+# What a file's first bytes say it is, whatever its name.
+_MAGIC = {b"\x1f\x8b": ".gz", b"BZh": ".bz2", b"\xfd7zXZ\x00": ".xz", b"\x28\xb5\x2f\xfd": ".zst",
+          b"PAR1": "parquet", b"PK\x03\x04": "zip"}
+
+
+def _check_kind(data: bytes, fmt: str | None, compression: str | None, label: str) -> None:
+    """Refuse a file whose bytes are another kind than its name says (a gzip named
+    .jsonl, a Parquet file named .json, a zip archive), naming what it is."""
+    kind = next((k for magic, k in _MAGIC.items() if data.startswith(magic)), None)
+    if kind is None or kind == fmt:
+        return
+    name = Path(label).name
+    if kind == "zip":
+        raise SourceFileError(f"{label}: is a zip archive, not {fmt} data; extract it and use the extracted "
+                              f"file or folder as the source")
+    if kind == "parquet":
+        raise SourceFileError(f"{label}: is a Parquet file, not {fmt} data; rename it to end in .parquet")
+    what = COMPRESSIONS[kind]
+    if compression is not None:
+        raise SourceFileError(f"{label}: is {what} data inside {COMPRESSIONS[compression]}; decompress it once "
+                              f"more, or name it for what it holds")
+    raise SourceFileError(f"{label}: is {what}-compressed data; rename it to {name}{kind} (it is then read as it is)")
 
 
 # --------------------------------------------------------------------------------------
@@ -320,7 +370,7 @@ def add_path_columns(file: LocalFile, path: Path, pattern: re.Pattern | None) ->
             raise SourceFileError(f"{file.label}: path_pattern group {name!r} is also a column of the file; "
                                   f"rename the group")
         table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
-    return LocalFile(file.label, table, file.notes)
+    return LocalFile(file.label, table, file.notes, file.raw)
 
 
 def read_local(source: str, path_pattern: str | None = None) -> list[LocalFile]:

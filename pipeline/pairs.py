@@ -56,6 +56,7 @@ EMPTY_TEXT = "empty_text"
 NON_STRING = "non_string"
 IDENTICAL_RESPONSES = "chosen_equals_rejected"
 BAD_SPLIT = "unknown_split"
+BAD_METADATA = "non_scalar_metadata"  # a list or an object where a metadata column needs one value
 DUPLICATE_PAIR = "duplicate_pair"
 
 Messages = list[dict[str, str]]
@@ -136,8 +137,11 @@ def row_problem(row: Mapping[str, Any]) -> tuple[str | None, Messages | None]:
         return EMPTY_TEXT, None
     if row["chosen"].strip() == row["rejected"].strip():
         return IDENTICAL_RESPONSES, None
-    if row.get("split") not in SPLITS:
+    split = row.get("split")
+    if not isinstance(split, str) or split not in SPLITS:
         return BAD_SPLIT, None
+    if any(isinstance(row.get(k), (dict, list, tuple, set)) for k in METADATA_COLUMNS):
+        return BAD_METADATA, None
     return None, messages
 
 
@@ -201,6 +205,33 @@ def validate_table(table: pa.Table, source: str) -> None:
         )
 
 
+class PreparedError(SchemaError):
+    """A prepared pairs table (``prepare``'s output) that is missing or cannot be read."""
+
+
+def check_prepared(prepared: str | Path, dataset: str | None = None) -> Path:
+    """The ``pairs.parquet`` of a prepared folder (or the file itself), read whole and
+    checked: a missing, damaged or foreign table is one :class:`PreparedError` naming the
+    file and the ``prepare`` run that rebuilds it. Cheap next to any use of the table."""
+    path = Path(prepared)
+    path = path / "pairs.parquet" if path.is_dir() or not path.suffix else path
+    redo = f"run `smoe prepare {dataset}` (or `dvc repro prepare@{dataset}`)" if dataset else "rerun `smoe prepare`"
+    if not path.is_file():
+        raise PreparedError(f"{path}: no prepared pairs here; {redo} first, or pass --prepared")
+    try:
+        table = pq.ParquetFile(path).read(use_threads=False)  # one thread: see local_files._read_parquet
+    except (pa.ArrowException, OSError) as err:
+        raise PreparedError(f"{path}: damaged, not a readable Parquet file ({' '.join(str(err).split())}); "
+                            f"{redo} to rebuild it") from None
+    try:
+        validate_table(table, str(path))
+    except SchemaError as err:
+        raise PreparedError(f"{err}; is this a `prepare` output? {redo}") from None
+    if table.num_rows == 0:
+        raise PreparedError(f"{path}: holds no pairs; {redo}")
+    return path
+
+
 def prompt_text(prompt: Messages) -> str:
     """The text a human reads as "the prompt": the last user message (the whole
     conversation's last turn; earlier turns are context)."""
@@ -213,7 +244,7 @@ def prompt_text(prompt: Messages) -> str:
 def prompt_texts(prepared_pairs: str | Path, pair_ids: Iterable[str] | None = None) -> dict[str, str]:
     """pair_id -> :func:`prompt_text`, from a prepared pairs table (for reports and
     interpretation). With ``pair_ids``, every one of them must be in the table."""
-    table = pq.read_table(prepared_pairs, columns=["pair_id", "prompt"])
+    table = pq.ParquetFile(prepared_pairs).read(columns=["pair_id", "prompt"], use_threads=False)
     out = {pid: prompt_text(p) for pid, p in zip(table.column("pair_id").to_pylist(), table.column("prompt").to_pylist())}
     if pair_ids is not None:
         wanted = set(pair_ids)

@@ -27,7 +27,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
+
+from annotated_types import Ge, Interval, Len
 
 import numpy as np
 import torch
@@ -44,12 +46,13 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class PersonalizeConfig:
-    sizes: list[int] = field(default_factory=lambda: [5, 10, 25, 50])  # adaptation set sizes n
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])        # independent draws per n
-    eval_fraction: float = 0.5    # share of each group's pairs held out for evaluation
+    # adaptation set sizes n, and independent draws per n
+    sizes: Annotated[list[Annotated[int, Ge(1)]], Len(1)] = field(default_factory=lambda: [5, 10, 25, 50])
+    seeds: Annotated[list[int], Len(1)] = field(default_factory=lambda: [0, 1, 2])
+    eval_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.5  # share of each group's pairs held out for evaluation
     split_seed: int = 0           # the pool/evaluation split
-    split: str = "test"           # where groups come from (test prompts carry no criterion)
-    min_pairs: int = 51           # the paper's group filter: only groups with more than 50 pairs
+    split: Literal["train", "validation", "test"] = "test"  # where groups come from (test prompts carry no criterion)
+    min_pairs: Annotated[int, Ge(2)] = 51  # the paper's group filter: only groups with more than 50 pairs
 
     def __post_init__(self) -> None:
         def integers(name: str) -> list[int]:

@@ -21,12 +21,14 @@ import inspect
 import os
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from annotated_types import Ge, Len
 
 from pipeline import cache, pairs, sources
 from pipeline.errors import UserError
@@ -36,6 +38,37 @@ MAX_LISTED_GROUPS = 100  # pairs_by lists every group of a column with at most t
 
 class NoPairsError(UserError, ValueError):
     """A source gave no usable pair."""
+
+
+Split = Literal[pairs.SPLITS]
+SplitName = Literal[(*pairs.SPLITS, *sources.SPLIT_ALIASES)]
+MetadataColumn = Literal[pairs.METADATA_COLUMNS]
+AdapterName = Literal[tuple(sources.ADAPTERS)]
+
+
+@dataclass
+class DatasetSpec:
+    """One ``datasets.<name>`` block of a params file: the source and
+    :func:`pipeline.sources.load_rows`'s options (documented there), plus this stage's
+    ``min_group_size``. The params schema is generated from these annotations
+    (:mod:`stages.params_schema`); the checks that involve several keys, or the data, stay
+    in :mod:`pipeline.sources`."""
+
+    source: Annotated[str, Len(1)]  # builtin:<name> | hub id | local file, folder or glob | shared:<path>
+    params: dict[str, Any] | None = None  # builtin sources: the generator's keyword arguments
+    adapter: AdapterName | None = None
+    columns: dict[str, Any] | None = None
+    labels: dict[Any, str] | None = None
+    min_margin: Annotated[float, Ge(0)] | None = None
+    split: SplitName | None = None
+    split_fractions: dict[Split, Annotated[float, Ge(0)]] | None = None
+    split_by: Literal[sources.SPLIT_BY] | None = None
+    path_pattern: str | None = None
+    limits: dict[Split, Annotated[int, Ge(0)]] | None = None
+    options: dict[str, Any] | None = None
+    seed: Annotated[int, Ge(0)] = 0
+    revision: str | None = None
+    min_group_size: dict[MetadataColumn, Annotated[int, Ge(1)]] | None = None
 
 
 def option_names() -> list[str]:

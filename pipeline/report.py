@@ -446,7 +446,7 @@ def single_accuracy_by_category(predictions: Path) -> dict[str, dict[str, float]
     import pyarrow.parquet as pq  # only this fallback needs it
 
     try:
-        table = pq.read_table(predictions, columns=["category", "correct"]).to_pydict()
+        table = pq.ParquetFile(predictions).read(columns=["category", "correct"], use_threads=False).to_pydict()
     except (OSError, KeyError, ValueError) as e:  # pyarrow's errors subclass these
         raise DamagedResultError(f"{predictions}: unreadable ({type(e).__name__}: {e}); re-run evaluate "
                                  f"(`dvc repro`), or restore it with `dvc checkout {predictions}`") from None

@@ -189,7 +189,7 @@ class QuerySplitter:
         self.pad = backbone.tokenizer.pad_token
         if not self.chat:  # encoders: no template; a prompt is plain user text
             return
-        self._render = backbone._render  # the same rendering (system prompt, pinned date) encode uses
+        self._render = backbone.render  # the same rendering (system prompt, pinned date) encode uses
         probe = [{"role": "user", "content": "probe"}]
         closed, opened = self._render(probe, False), self._render(probe, True)
         if not opened.startswith(closed) or opened == closed:

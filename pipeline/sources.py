@@ -92,6 +92,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import heapq
+import itertools
 import json
 import math
 import re
@@ -338,6 +339,8 @@ def check_schema(features: datasets.Features, required: Mapping[str, ColumnKind]
     require_columns(features.keys(), dict.fromkeys(_head(features, p) for p in required), source)
     for column, (expected, ok) in required.items():
         note = (notes or {}).get(_head(features, column))
+        if note and column == _head(features, column):  # typed row by row: a bad value is a counted drop
+            continue
         try:
             feature = feature_at(features, column, source)
         except SchemaError as err:
@@ -1405,6 +1408,8 @@ def _convert(source: str, parts: list[_Part], *, seed: int, columns: Mapping[str
     hub_plan = ADAPTERS[adapter].hub_splits if adapter else {}
 
     def resolve(name: Any) -> SplitSpec:
+        if name is not None and not isinstance(name, str):  # a number or an object: finalize drops it
+            return repr(name)
         name = _alias(name)
         planned = hub_plan.get(name, name) if isinstance(name, str) else name
         return (fractions or planned) if isinstance(planned, dict) else planned
@@ -1415,13 +1420,17 @@ def _convert(source: str, parts: list[_Part], *, seed: int, columns: Mapping[str
     streams: list[Records] = []
     if adapter:
         spec = ADAPTERS[adapter]
+        kind_drops: Counter = Counter()  # rows of columns checked row by row (_typed_rows)
         for part in parts:
             features = part.data.features
             check_schema(features, spec.columns, f"{part.label} [{adapter}]", notes=part.notes)
             split_get = (lambda row: row.get("split")) if spec.split_column and "split" in features else None
-            streams.append(_records(part.data, lambda row: row, split_get, part_spec(part), resolve))
+            records = _records(part.data, lambda row: row, split_get, part_spec(part), resolve)
+            mixed = {c: kind for c, kind in spec.columns.items() if c in part.notes}
+            streams.append(_typed_rows(records, mixed, features, kind_drops) if mixed else records)
         opts = {**spec.options, **(options or {}), "source": source, "min_margin": min_margin}
-        return spec.convert((record for stream in streams for record in stream), seed, opts)
+        converted = spec.convert((record for stream in streams for record in stream), seed, opts)
+        return itertools.chain(converted, _counted_drops(kind_drops))  # counted once the rows are read
 
     layout = _layout(columns or {}, labels, min_margin)
     label_map = _label_map(labels) if layout == "labels" else None
@@ -1437,6 +1446,47 @@ def _convert(source: str, parts: list[_Part], *, seed: int, columns: Mapping[str
     if layout == "ratings":
         return rating_rows(records, seed, min_margin or 0.0)
     return generic_rows(records, seed, layout=layout, labels=label_map, split_by=split_by or "pair")
+
+
+def _typed_rows(records: Records, kinds: Mapping[str, ColumnKind], features: Mapping[str, Any],
+                dropped: Counter) -> Records:
+    """The records whose values in ``kinds`` (columns whose type changes between rows, so
+    checked row by row) are of the kind the adapter needs; the others are counted in
+    ``dropped`` by reason (``missing_field``, ``wrong_type_<column>``)."""
+    getters = {column: path_getter(column, features) for column in kinds}
+    for row, spec in records:
+        for column, (_, _) in kinds.items():
+            value = getters[column](row)
+            if value is _MISSING:
+                dropped[MISSING_FIELD] += 1
+                break
+            if value is not None and not _value_is(kinds[column], value):
+                dropped[f"wrong_type_{column.replace(' ', '_')}"] += 1
+                break
+        else:
+            yield row, spec
+
+
+def _value_is(kind: ColumnKind, value: Any) -> bool:
+    """One row's value against a column kind (the per-row form of the feature checks)."""
+    if kind is TEXT:
+        return isinstance(value, str)
+    if kind is INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is MESSAGES:
+        return isinstance(value, list) and all(isinstance(m, Mapping) and isinstance(m.get("role"), str)
+                                               and isinstance(m.get("content"), str) for m in value)
+    if kind is PROMPT:
+        return isinstance(value, str) or _value_is(MESSAGES, value)
+    return not isinstance(value, (list, dict))  # SCALAR
+
+
+def _counted_drops(dropped: Counter) -> Iterator[dict]:
+    for reason, n in sorted(dropped.items()):
+        for _ in range(n):
+            yield {"_drop": reason}
 
 
 def _check_conversations(part: _Part, extract: Callable[[Mapping[str, Any]], dict], responses: tuple[str, ...]) -> None:

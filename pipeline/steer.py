@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
+
+from annotated_types import Ge, Interval, Len
 
 import numpy as np
 
@@ -38,12 +40,14 @@ RANDOM = "random"
 
 @dataclass
 class SteerConfig:
-    label: str = "attribute"     # pair column naming the attribute a test pair is labelled under
-    top_n: int = 100             # validation examples per expert used to pick each attribute's target (paper: 100)
-    weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # target-expert weights w
-    random_repeats: int = 20     # random-target baseline: draws averaged
+    label: Annotated[str, Len(1)] = "attribute"  # pair column naming the attribute a test pair is labelled under
+    # validation examples per expert used to pick each attribute's target (paper: 100)
+    top_n: Annotated[int, Ge(1)] = 100
+    weights: Annotated[list[Annotated[float, Interval(gt=0, le=1)]], Len(1)] = field(  # target-expert weights w
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    random_repeats: Annotated[int, Ge(1)] = 20  # random-target baseline: draws averaged
     seed: int = 0                # of the random baseline's draws
-    min_pairs: int = 51          # the paper's filter: attributes with more than 50 test pairs
+    min_pairs: Annotated[int, Ge(1)] = 51          # the paper's filter: attributes with more than 50 test pairs
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not self.label:

@@ -9,8 +9,8 @@ from disk by ``pipeline/split_store.py``. One call of :func:`train_variant` trai
     sparse   MoE, Eq. 7 with lambda_ls, lambda_gb, lambda_div
     hyre     20 linear heads + frozen random priors, uniform sum of BT losses
 
-with the paper's recipe: AdamW, lr 0.002 experts / 0.0005 router, 5 % linear warmup,
-3 epochs, batch 16, validation after every epoch.
+with the paper's recipe: AdamW, lr 0.002 experts / 0.0005 router, 5 % linear warmup then
+linear decay to 0 (``train.lr_schedule``), 3 epochs, batch 16, validation after every epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Interval
 
 import numpy as np
 import torch
@@ -33,28 +35,55 @@ from pipeline.errors import UserError
 
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The multiplier of the base learning rates for optimizer step ``step`` (0-based) of
+    ``total``: linear warmup over the first ``warmup`` steps ((step + 1) / warmup, so the
+    first step already moves), then 1 (``constant``), a linear decay that reaches 0 after
+    the last step (``linear``: (total - step) / (total - warmup), HF's
+    get_linear_schedule_with_warmup), or a half cosine to 0 (``cosine``)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / (total - warmup)  # 0 at the first step after warmup
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose from {LR_SCHEDULES}")
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 16
-    lr_experts: float = 0.002
-    lr_router: float = 0.0005
-    weight_decay: float = 0.01        # torch's AdamW default ("a default AdamW optimizer")
-    warmup_fraction: float = 0.05
-    router: str = "mlp"               # mlp (paper) | linear (MiCRo's code)
-    router_hidden: int = 128
-    router_dropout: float = 0.2
-    router_jitter: float = 0.25
-    micro_alpha: float = 0.5
-    hyre_heads: int = 20
-    seed: int = 0
-    block_pairs: int = 8192           # pairs per streamed block (memory: block * 3 * H * 2 bytes)
+    epochs: Annotated[int, Ge(1)] = 3
+    batch_size: Annotated[int, Ge(1)] = 16
+    lr_experts: Annotated[float, Gt(0)] = 0.002
+    lr_router: Annotated[float, Gt(0)] = 0.0005
+    weight_decay: Annotated[float, Ge(0)] = 0.01        # torch's AdamW default ("a default AdamW optimizer")
+    warmup_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.05
+    # After warmup: linear decay to 0 (HF Trainer's default lr_scheduler_type), cosine decay to
+    # 0 (MiCRo's training script), or constant. App. A names AdamW and "5% warmup steps"
+    # (HF's warmup_ratio) but no schedule; both plausible sources decay, so linear is the default.
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    router: Literal["mlp", "linear"] = "mlp"               # mlp (paper) | linear (MiCRo's code)
+    router_hidden: Annotated[int, Ge(1)] = 128
+    router_dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
+    router_jitter: Annotated[float, Interval(ge=0, lt=1)] = 0.25
+    micro_alpha: Annotated[float, Ge(0)] = 0.5
+    hyre_heads: Annotated[int, Ge(1)] = 20
+    seed: Annotated[int, Ge(0)] = 0
+    block_pairs: Annotated[int, Ge(1)] = 8192           # pairs per streamed block (memory: block * 3 * H * 2 bytes)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "hyre_heads", "block_pairs", "router_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.block_pairs % self.batch_size:
             raise ValueError(f"train.block_pairs ({self.block_pairs}) must be a multiple of "
                              f"train.batch_size ({self.batch_size})")
@@ -136,8 +165,9 @@ def train_variant(variant: Variant, train: SplitStore, validation: SplitStore, c
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, round(config.warmup_fraction * total))
-    # Linear warmup to the base rates, then constant ("5% warmup steps", App. A).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    # Linear warmup to the base rates ("5% warmup steps", App. A), then config.lr_schedule.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, config.lr_schedule))
     curves: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
     bar = progress(total, f"train {variant.name}", "step", enabled=show_progress)
     step = 0

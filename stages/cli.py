@@ -9,6 +9,7 @@ from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, gri
                     pull, report, score, seeds, serve, steer, train)
 from stages import export, rewardbench
 from stages import data
+from stages import params_schema
 
 app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-backbone feature store.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -42,6 +43,7 @@ bench_app.command("scale")(bench.scale_cmd)
 bench_app.command("serve")(bench.serve_cmd)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data.app, name="data")
+app.add_typer(params_schema.app, name="params")
 
 def main() -> None:
     # A user's mistake (pipeline.errors.UserError, a missing file) is one line, not a

@@ -11,6 +11,7 @@ import typer
 from pipeline import backbone as bb
 from pipeline.featurize import featurize
 from pipeline.featurize import FeaturizeConfig
+from pipeline.pairs import check_prepared
 from stages import common as P
 
 
@@ -26,11 +27,12 @@ def main(
     manifest. Resumable: rerun after a crash and finished shards are kept. Scale out
     with `torchrun --nproc-per-node N $(which smoe) featurize ...`."""
     params = P.load(params_file)
+    config = P.build(FeaturizeConfig, P.section(params, "featurize"), "featurize")
+    prepared = check_prepared(prepared or Path("data/prepared") / dataset, dataset)  # before the backbone loads
     backbone = bb.load(P.build(bb.BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",),
                                 model=backbone_dir))
-    config = P.build(FeaturizeConfig, P.section(params, "featurize"), "featurize")
     start = time.perf_counter()
-    manifest = featurize(prepared or Path("data/prepared") / dataset, out or Path("data/features") / dataset,
+    manifest = featurize(prepared, out or Path("data/features") / dataset,
                          backbone, config, dataset=dataset, show_progress=progress)
     if manifest is not None:
         summary = {k: manifest[k] for k in ("num_sequences", "num_pairs", "pairs_by_split", "hidden_size")}

@@ -23,14 +23,18 @@ def main(
     # Imported here: `datasets` (0.7 s) is only needed by this stage, not by every `smoe` call.
     from pipeline.prepare import prepare
 
-    spec = P.section(P.load(params_file), "datasets", dataset)
+    params = P.load(params_file)  # the whole file, checked against the schema (DatasetSpec's keys and types)
+    spec = P.section(params, "datasets", dataset)
     if not isinstance(spec, dict) or not spec.get("source"):
-        raise typer.BadParameter(f"datasets.{dataset} needs a 'source' (builtin:<name>, a hub id, "
-                                 f"a local file, folder or glob, or shared:<path>)")
+        raise P.ParamsError(f"{params.source}: datasets.{dataset} needs a 'source' (builtin:<name>, a hub id, "
+                            f"a local file, folder or glob, or shared:<path>)")
     spec = dict(spec)
     source = str(spec.pop("source"))
     builtin_params = spec.pop("params", None)
-    manifest = prepare(source, out or Path("data/prepared") / dataset, builtin_params=builtin_params, **spec)
+    # Into a scratch folder swapped in whole on success: a refused source (a bad file, no
+    # usable pairs) leaves the previous pairs.parquet and manifest.json as they were.
+    with P.staged(out or Path("data/prepared") / dataset) as (scratch,):
+        manifest = prepare(source, scratch, builtin_params=builtin_params, **spec)
     typer.echo(json.dumps({k: manifest[k] for k in ("num_pairs", "pairs_by_split", "dropped")}))
 
 

@@ -30,52 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import typer
 import yaml
 
 from pipeline import cache
 from pipeline.models import HeadConfig, RewardHead
-from stages import common as P
+from tests.faults import assert_refused, invoke, snapshot
 from tooling.synthetic_cache import write_synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
 EXP = "syn"
-
-
-def invoke(module: str, args: list[str], capsys) -> tuple[int, str]:
-    """Run ``python -m stages.<module> args`` in this process; (exit code, stderr)."""
-    main = __import__(f"stages.{module}", fromlist=["main"]).main
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(main)
-    capsys.readouterr()
-    old_argv = sys.argv
-    sys.argv = [f"stages.{module}", *args]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            P.exit_with(app)
-    finally:
-        sys.argv = old_argv
-    return exit_.value.code, capsys.readouterr().err
-
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    files = {}
-    for root in roots:
-        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-        files.update({str(p): p.read_bytes() for p in paths})
-    return files
-
-
-def assert_refused(code: int, err: str, names: str, before: dict[str, bytes], *roots: Path) -> None:
-    # stderr also carries the progress lines of work done before the check failed; the
-    # message itself must be exactly one line, and there is no traceback
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert code == 1, err
-    assert len(lines) == 1 and "Traceback" not in err, f"expected one error line, got:\n{err}"
-    assert names in lines[0], f"{names!r} not named in: {lines[0]}"
-    assert snapshot(*roots) == before, "a refused run changed its outputs"
-    leftovers = [p for root in roots for p in root.parent.glob(f".{root.name}.*")]
-    assert not leftovers, f"scratch left behind: {leftovers}"
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -186,7 +149,7 @@ def test_every_cache_reader_refuses_a_damaged_cache(world, tmp_path, capsys, mon
     for module, (args, outputs) in stage_runs(world, features, model).items():
         before = snapshot(*outputs)
         code, err = invoke(module, args, capsys)
-        assert_refused(code, err, named, before, *outputs)
+        assert_refused(code, err, named, before, *outputs, only_line=False)
         if fault != "missing manifest":
             assert "featurize" in err or "checkout" in err, f"{module}: no way to recover in: {err}"
 
@@ -215,7 +178,8 @@ def test_cache_from_another_chat_template_is_refused_before_training(world, tmp_
     args, outputs = stage_runs(world, world / "data/features/syn", Path())["train"]
     before = snapshot(*outputs)
     code, err = invoke("train", [*args, "--params", str(tmp_path / "params.yaml")], capsys)
-    assert_refused(code, err, "backbone.system_prompt: cache None, params.yaml 'You are a pirate.'", before, *outputs)
+    assert_refused(code, err, "backbone.system_prompt: cache None, params.yaml 'You are a pirate.'", before, *outputs,
+                   only_line=False)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -270,7 +234,7 @@ def test_every_head_loader_refuses_a_damaged_head(world, tmp_path, capsys, monke
     for module, (args, outputs) in runs.items():
         before = snapshot(*outputs)
         code, err = invoke(module, args, capsys)
-        assert_refused(code, err, named, before, *outputs)
+        assert_refused(code, err, named, before, *outputs, only_line=False)
 
 
 def test_a_saved_head_verifies_and_a_resaved_one_too(tmp_path):
@@ -299,18 +263,41 @@ def _command(module: str, args: list[str], root: Path) -> list[str]:
     return [sys.executable, "-m", f"stages.{module}", *args]
 
 
-@pytest.mark.parametrize("module", ["train", "evaluate"])
-def test_sigkill_mid_stage_keeps_the_previous_outputs_and_the_next_run_completes(world, module):
+def _kill_at_line(proc: subprocess.Popen, marker: str, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as a line containing ``marker`` appears on its stderr (a
+    progress line: the stage is mid-run, its outputs not yet swapped in)."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stderr:
+        if marker in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "never reached the moment to kill"
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"finished before it could be killed (exit {proc.returncode})"
+
+
+# The moment to kill: train mid-epoch (a progress line; many epochs, so that it cannot
+# finish first), evaluate while it writes its outputs under their scratch names (it prints
+# no progress: its figures take the longest).
+KILL_AT = {"train": ("train vanilla: ", {"epochs": 400}), "evaluate": (None, {})}
+
+
+@pytest.mark.parametrize("module", sorted(KILL_AT))
+def test_sigkill_mid_stage_keeps_the_previous_outputs_and_the_next_run_completes(world, tmp_path, module):
     args, outputs = stage_runs(world, world / "data/features/syn", world / "data/models" / EXP / "vanilla")[module]
+    marker, train_overrides = KILL_AT[module]
+    params = yaml.safe_load((world / "params.yaml").read_text())
+    params["train"].update(train_overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     before = snapshot(*outputs)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(_command(module, args, world), cwd=world, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    # staged() creates its scratch paths first thing; kill once the stage has written into one
-    def writing() -> bool:
-        return any(p.is_file() or (p.is_dir() and any(p.rglob("*")))
-                   for o in outputs for p in o.parent.glob(f".{o.name}.staging-*"))
-    _kill_when(proc, writing)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SMOE_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.Popen(_command(module, [*args, "--params", str(tmp_path / "params.yaml")], world), cwd=world,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if marker:
+        _kill_at_line(proc, marker)
+    else:
+        _kill_when(proc, lambda: any(p.is_file() or (p.is_dir() and any(p.rglob("*")))
+                                     for o in outputs for p in o.parent.glob(f".{o.name}.staging-*")))
     assert snapshot(*outputs) == before
     done = subprocess.run(_command(module, args, world), cwd=world, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -282,34 +282,27 @@ def test_hf_describer_with_a_tiny_random_model(hf_backend, monkeypatch):
         hf_backend.describe(3, BAKING[:3])
 
 
-def test_hf_judge_compares_the_yes_and_no_logits(hf_backend, monkeypatch):
+def test_hf_judge_compares_the_likelihood_of_the_whole_yes_and_no_answers(hf_backend):
     prompts = [BAKING[0], LAW[1] + " " + LAW[2], "short?"]  # different lengths: left padding in a batch
     scores = hf_backend.judge_scores("asks about baking", prompts)
-    # the same number from one plain, unpadded forward pass
     tok, model = hf_backend.tokenizer, hf_backend.model
-    for i in (0, 2):
-        ids = tok(hf_backend.render(D.judge_prompt("asks about baking", prompts[i])), add_special_tokens=False,
-                  return_tensors="pt").input_ids
+    # the byte-level test tokenizer splits every answer ("YES" = Y E S): each is scored whole
+    assert all(len(a) > 1 for a in hf_backend.yes_answers + hf_backend.no_answers)
+
+    def log_prob(context: list[int], answer: tuple[int, ...]) -> float:  # one plain, unpadded pass
+        ids = torch.tensor([context + list(answer)])
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, -1]
-        assert ids[0, -1] != tok.pad_token_id
-        assert scores[i] == pytest.approx(float(logits[hf_backend.yes_id] - logits[hf_backend.no_id]), abs=1e-4)
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        return float(sum(logp[len(context) - 1 + j, t] for j, t in enumerate(answer)))
+
+    for i in (0, 2):
+        context = tok(hf_backend.render(D.judge_prompt("asks about baking", prompts[i])), add_special_tokens=False).input_ids
+        yes = np.logaddexp.reduce([log_prob(context, a) for a in hf_backend.yes_answers])
+        no = np.logaddexp.reduce([log_prob(context, a) for a in hf_backend.no_answers])
+        assert scores[i] == pytest.approx(yes - no, abs=1e-4)
     assert hf_backend.judge(0, "asks about baking", prompts) == [int(s > 0) for s in scores]
-    assert hf_backend.yes_id == tok("YES", add_special_tokens=False).input_ids[0]
-
-    class Forced:  # the model, with one token's logit pushed far up
-        def __init__(self, model, token):
-            self.model, self.token = model, token
-
-        def __call__(self, **kwargs):
-            out = self.model(**kwargs)
-            out.logits[..., self.token] += 1e4
-            return out
-
-    monkeypatch.setattr(hf_backend, "model", Forced(model, hf_backend.yes_id))
-    assert hf_backend.judge(1, "forced yes", prompts) == [1, 1, 1]
-    monkeypatch.setattr(hf_backend, "model", Forced(model, hf_backend.no_id))
-    assert hf_backend.judge(1, "forced no", prompts) == [0, 0, 0]
+    answers = {tuple(tok(w, add_special_tokens=False).input_ids) for w in ("YES", "Yes", "yes")}
+    assert set(hf_backend.yes_answers) == answers
 
 
 # ----------------------------------------------------------------------------- openai backend
@@ -516,9 +509,10 @@ def test_interpret_stage_command(topic_run, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["sparse"]
     assert sorted(p.name for p in metrics_path.parent.iterdir()) == ["interpret-sparse.json"]  # no staging left
 
-    # a bad params value: click's usage error naming the block and the key
+    # a bad params value: refused by the params schema naming the key (click's usage error here,
+    # in a plain typer app; one line and exit 1 through the stage runner)
     bad = invoke({"top_n": 0})
-    assert bad.exit_code == 2 and "interpret: top_n must be an integer >= 1" in bad.output
+    assert bad.exit_code == 2 and "interpret.top_n: must be >= 1, got 0" in bad.output
 
     # single and hyre have no router: one line on stderr, exit 1, nothing written
     proc = subprocess.run([sys.executable, "-m", "stages.interpret", "tiny", "single", "--params", str(params),

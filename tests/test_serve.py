@@ -426,7 +426,7 @@ def test_query_splitter_recovers_the_encoded_sequence(tiny_llama, template, syst
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         # what the server encodes equals what featurize encodes for (messages, response)
         want = backbone.encode(messages, response)
-        rendered = backbone._render(messages, True)
+        rendered = backbone.render(messages, True)
         for query, given in ((rendered + response + EOS, rendered), (rendered + response + EOS + "\n", None),
                              (rendered + response, None)):
             got_messages, got_response = splitter.split(query, given)

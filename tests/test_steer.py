@@ -234,9 +234,9 @@ def test_stage_writes_the_three_outputs_or_nothing(trained, tmp_path):
     assert not list(tmp_path.rglob(".*.tmp-*"))
 
     bad = CliRunner().invoke(app, args + ["--params", _params(tmp_path, weights=[0.5, 2.0])])
-    assert bad.exit_code != 0 and "steer: weights must be numbers in (0, 1]" in bad.output
+    assert bad.exit_code != 0 and "steer.weights[1]: must be <= 1, got 2.0" in bad.output
     unknown = CliRunner().invoke(app, args + ["--params", _params(tmp_path, top_k=3)])
-    assert unknown.exit_code != 0 and "unknown key(s) ['top_k']" in unknown.output
+    assert unknown.exit_code != 0 and "steer: unknown key 'top_k'" in unknown.output
 
 
 def test_stage_refuses_heads_without_router_in_one_line(tmp_path):

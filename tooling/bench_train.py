@@ -47,7 +47,7 @@ from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import RewardHead
 from pipeline.split_store import SplitStore
 from tooling.synthetic_cache import write_synthetic_cache
-from pipeline.train import TrainConfig, Variant, _param_groups, batch_loss, make_variant, train_variant
+from pipeline.train import TrainConfig, Variant, _param_groups, batch_loss, lr_factor, make_variant, train_variant
 
 PAPER_LAMBDAS = {"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0}
 
@@ -82,14 +82,14 @@ def _train_in_the_loop(backbone: Backbone, encoded: list[tuple[Encoded, Encoded]
     does this one: the head keeps identity input statistics (the per-step compute is the
     same) and nothing is validated; both only make the naive side faster. Everything else
     is the library's: RewardHead, ``batch_loss`` (the losses of pipeline/losses.py), the
-    two learning-rate groups, the seed, and train_variant's warmup schedule, copied."""
+    two learning-rate groups, the seed, and the learning-rate schedule (lr_factor)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     head = RewardHead(variant.head).to(config.device).train()
     optimizer = torch.optim.AdamW(_param_groups(head, config), weight_decay=config.weight_decay)
     total = math.ceil(len(encoded) / config.batch_size) * config.epochs
     warmup = max(1, round(config.warmup_fraction * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, config.lr_schedule))
     for _ in range(config.epochs):
         order = rng.permutation(len(encoded))
         for start in range(0, len(order), config.batch_size):

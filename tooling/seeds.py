@@ -8,7 +8,8 @@ several:
     dvc exp run --queue -S 'train.seed=0,1,2,3,4' evaluate@categories-{single,vanilla,micro,sparse,hyre} && dvc queue start -j 2
 
 and summarize with `smoe seeds categories`: per variant, the mean and standard deviation
-of each key metric over the seeds, and per seed the values side by side with, for each
+of each key metric over the seeds (evaluate's, and the interpret, steer and personalize
+stages' key numbers beside them: `steer_*`, `personalize_*`), and per seed the values side by side with, for each
 other variant, the number of seeds in which the reference variant (sparse) is higher.
 
 The data draw matters as much as the training seed on small data. To vary both, run
@@ -68,16 +69,29 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# The other stages' metrics files beside evaluate's, data/metrics/<experiment>/<stage>-<variant>.json,
+# and the prefix their keys get in a variant's metrics (interpret's keys are already KEY_METRICS names).
+STAGE_PREFIXES = {"interpret": "", "steer": "steer_", "personalize": "personalize_"}
+# Their key numbers, in the order the summary table shows them after KEY_METRICS.
+STAGE_METRICS = ("steer_flip_rate", "steer_undesired_flip_rate", "steer_flip_rate_at_max_weight",
+                 "steer_random_flip_rate", "steer_random_undesired_flip_rate", "steer_random_flip_rate_at_max_weight",
+                 "personalize_accuracy_before", "personalize_accuracy", "personalize_gain")
+
+
 def _variant_metrics(metric_files: dict | None, experiment: str) -> dict[str, dict[str, float]]:
-    # evaluate's per-variant files only, not interpret-/steer-/personalize-<variant>.json beside them
-    pattern = re.compile(rf"data/metrics/{re.escape(experiment)}/({'|'.join(VARIANTS)})\.json")
-    out = {}
-    for path in metric_files or {}:
+    """Per variant, the flat numbers of evaluate's data/metrics/<experiment>/<variant>.json merged
+    with interpret-/steer-/personalize-<variant>.json beside it (keys prefixed, STAGE_PREFIXES),
+    so description fidelity, flip rates and personalization gains are summarized over seeds too."""
+    pattern = re.compile(rf"data/metrics/{re.escape(experiment)}/(?:({'|'.join(STAGE_PREFIXES)})-)?"
+                         rf"({'|'.join(VARIANTS)})\.json")
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted(metric_files or {}):
         match = pattern.fullmatch(posixpath.normpath(path.replace("\\", "/")))
         data = file_data(metric_files, match.group(0)) if match else None
         if data is not None:
-            out[match.group(1)] = {k: float(v) for k, v in data.items()
-                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            prefix = STAGE_PREFIXES[match.group(1)] if match.group(1) else ""
+            out.setdefault(match.group(2), {}).update(
+                {prefix + k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return out
 
 
@@ -145,7 +159,7 @@ def variants_of(runs: list[SeedRun], reference: str) -> list[str]:
     return sorted(names, key=lambda v: v != reference)
 
 
-def summary_table(runs: list[SeedRun], variants: list[str], metrics: tuple[str, ...] = KEY_METRICS) -> str:
+def summary_table(runs: list[SeedRun], variants: list[str], metrics: tuple[str, ...] = KEY_METRICS + STAGE_METRICS) -> str:
     """Markdown: one row per variant, per metric "mean ± std" over the seeds (sample std,
     n - 1; "n/a" where no seed has the metric)."""
     metrics = tuple(m for m in metrics if any(m in r.metrics.get(v, {}) for r in runs for v in variants))

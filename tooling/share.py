@@ -132,8 +132,9 @@ def remote_description(repo: str | Path, remote: str | None = None) -> str:
 
 
 def missing_message(missing: list[MissingOutput], remote: str) -> str:
-    """The explanation :func:`pull` raises with: what is missing, who recorded it, what to run."""
-    lines = [f"the DVC remote {remote} lacks {len(missing)} output(s) that this commit records, "
+    """The explanation :func:`pull` prints before its one-line error: what is missing, who
+    recorded it, what to run."""
+    lines = [f"The DVC remote {remote} lacks {len(missing)} output(s) that this commit records, "
              "so they were not checked out:"]
     for m in missing:
         what = f"stage {m.stage}" if m.stage else f"added by {m.dvcfile}"
@@ -163,5 +164,9 @@ def pull(repo: str | Path = ".", targets: list[str] | None = None, remote: str |
         return
     missing = missing_outputs(repo, targets, remote)
     if missing:
-        raise RemoteMissingError(missing_message(missing, where))
+        # the listing is a report, printed as such; the error itself stays one line
+        print(missing_message(missing, where), file=sys.stderr)
+        targets = " ".join(dict.fromkeys(m.push_target for m in missing))
+        raise RemoteMissingError(f"the DVC remote {where} lacks {len(missing)} output(s) (listed above); "
+                                 f"whoever recorded them runs `dvc push {targets}`, then run `smoe pull` again")
     raise PullError(f"`dvc pull` failed (exit {code}) with nothing missing from the remote; see DVC's error above")
