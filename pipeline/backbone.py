@@ -335,10 +335,14 @@ class Backbone:
             allowed |= torch.eye(width, dtype=torch.bool)[None]
             out = self.model(input_ids=input_ids.to(self.device), attention_mask=allowed[:, None].to(self.device),
                              position_ids=position_ids.to(self.device), use_cache=False)
-            hidden = out.last_hidden_state.float().cpu()
+            # Pick the 1 + k states per row on the device, then copy only those: the whole
+            # [n, width, H] output is ~0.8 GB per batch at token budget 65536 and H 3072.
+            hidden = out.last_hidden_state
             rows_b = torch.tensor([b for b, _ in prompt_idx]), torch.tensor([i for _, i in prompt_idx])
             resp_b = torch.tensor([b for b, _ in response_idx]), torch.tensor([i for _, i in response_idx])
-            return hidden[rows_b], hidden[resp_b]
+            picked = hidden[torch.cat([rows_b[0], resp_b[0]]).to(hidden.device),
+                            torch.cat([rows_b[1], resp_b[1]]).to(hidden.device)].float().cpu()
+            return picked[:n], picked[n:]
         # Encoder, mean pooling: prompt = mean over the prompt span, response = mean over all.
         kwargs = {"input_ids": input_ids.to(self.device), "attention_mask": real.long().to(self.device)}
         if "token_type_ids" in self.tokenizer.model_input_names:

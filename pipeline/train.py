@@ -76,6 +76,7 @@ class TrainConfig:
     hyre_heads: Annotated[int, Ge(1)] = 20
     seed: Annotated[int, Ge(0)] = 0
     block_pairs: Annotated[int, Ge(1)] = 8192           # pairs per streamed block (memory: block * 3 * H * 2 bytes)
+    curve_every: Annotated[int, Ge(1)] = 1              # training-curve rows: the mean of every N steps
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -169,6 +170,7 @@ def train_variant(variant: Variant, train: SplitStore, validation: SplitStore, c
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, config.lr_schedule))
     curves: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
+    window: list[list[float]] = []  # loss terms of the steps since the last curve row
     bar = progress(total, f"train {variant.name}", "step", enabled=show_progress)
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -193,7 +195,13 @@ def train_variant(variant: Variant, train: SplitStore, validation: SplitStore, c
             if not math.isfinite(row[0]):
                 raise FloatingPointError(f"{variant.name}: the loss became {row[0]} at step {first + i} "
                                          f"(terms {dict(zip(names, row))})")
-            curves["train"].append({"step": first + i, **dict(zip(names, row))})
+            window.append(row)
+            if (first + i) % config.curve_every == 0 or first + i == total:
+                # one curve row per curve_every steps, their mean: a 700K-pair run stays a
+                # curve `dvc plots` can render (HF Trainer's logging_steps does the same)
+                mean = [sum(column) / len(window) for column in zip(*window)]
+                curves["train"].append({"step": first + i, **dict(zip(names, mean))})
+                window.clear()
         val = validation_metrics(head, validation, config.device)
         curves["validation"].append({"step": step, "epoch": epoch, **val})
         bar.write(f"{variant.name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))

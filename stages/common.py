@@ -6,7 +6,7 @@ its DVC deps, checked by ``tests/test_dvc_graph.py``) stays its own.
 
 The defaults live in one place, the config dataclasses; ``params.yaml`` states the
 values the pipeline runs with. :func:`load` checks the WHOLE params file against one
-schema before any stage uses it: ``params.schema.json`` at the repository root, a JSON
+schema before any stage uses it: ``stages/params.schema.json`` (beside this module), a JSON
 Schema generated from the config dataclasses (their annotations carry the ranges and
 choices) by :mod:`stages.params_schema` (``smoe params schema``) and committed. Unknown
 keys at any level, wrong types and values out of range are refused there, in one line
@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -45,7 +46,7 @@ from pipeline.errors import UserError
 
 T = TypeVar("T")
 PARAMS = Path("params.yaml")
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "params.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parent / "params.schema.json"  # travels with the code
 REGENERATE = "smoe params schema"
 LAMBDAS = ("lambda_ls", "lambda_gb", "lambda_div")
 
@@ -317,6 +318,22 @@ def lambdas(params: dict[str, Any], name: str) -> dict[str, float]:
     (e.g. the paper's lambda_gb = 1.0 for preference-700K)."""
     spec = experiment(params, name)
     return {key: float(spec[key] if spec.get(key) is not None else section(params, key)) for key in LAMBDAS}
+
+
+@contextmanager
+def scratch(params: dict[str, Any], prefix: str) -> Iterator[str]:
+    """A temporary folder for a stage's large intermediates (train's split stores: ~13 GB
+    at 700K pairs and hidden 3072), under the params' top-level ``scratch_dir`` (null: the
+    system's temporary folder, ``$TMPDIR``). No stage lists ``scratch_dir`` as a DVC param:
+    where scratch lives never changes an output."""
+    where = params.get("scratch_dir")
+    if where is not None:
+        where = Path(where).expanduser()
+        if not where.is_dir():
+            raise ParamsError(f"{getattr(params, 'source', 'params')}: scratch_dir: {where} is not a folder; "
+                              f"create it, or set scratch_dir: null for the system's temporary folder")
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=where) as path:
+        yield path
 
 
 def _remove(path: Path) -> None:

@@ -5,7 +5,6 @@ DVC tracks) + data/predictions/<experiment>/<variant>/ (every metric, per-pair p
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import typer
@@ -46,7 +45,7 @@ def main(
     figures_dir = figures_dir or Path("data/plots/eval") / experiment / variant
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"{variant}.json"
     with P.staged(metrics_path, predictions, figures_dir) as (new_metrics, new_predictions, new_figures), \
-            tempfile.TemporaryDirectory(prefix="smoe-eval-") as scratch:
+            P.scratch(params, "smoe-eval-") as scratch:
         result = evaluate_variant(
             cache, model or Path("data/models") / experiment / variant, variant, metrics_path=new_metrics,
             predictions_dir=new_predictions, scratch=scratch, figures_dir=new_figures, prompts=prompts,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import typer
@@ -65,7 +64,7 @@ def main(
     out = out or Path("data/interpret") / experiment / variant
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"interpret-{variant}.json"
     # All or nothing: a judge that times out on expert 7 leaves the previous outputs.
-    with P.staged(out, metrics_path) as (new_out, new_metrics), tempfile.TemporaryDirectory(prefix="smoe-interpret-") as scratch:
+    with P.staged(out, metrics_path) as (new_out, new_metrics), P.scratch(params, "smoe-interpret-") as scratch:
         new_out.mkdir()
         report = interpret_variant(cache, prepared, model, new_out, config, scratch=scratch, connection=connection,
                                    extra={"experiment": experiment, "dataset": spec["dataset"]})

@@ -9,7 +9,7 @@ module composes one dataclass for a whole params file from every section's confi
 top-level lambdas) and turns it into a JSON Schema with pydantic's ``TypeAdapter``;
 every object in it refuses keys it does not know (``additionalProperties: false``).
 
-The result is committed as ``params.schema.json`` at the repository root, and every
+The result is committed as ``stages/params.schema.json`` (beside the code), and every
 stage's :func:`stages.common.load` validates the whole params file against that file
 with ``jsonschema``. Why a committed file rather than validating with these classes at
 run time: importing every section's config module into :mod:`stages.common` would put
@@ -95,6 +95,7 @@ class ParamsFile:
     steer: SteerConfig = field(default_factory=dict)
     personalize: PersonalizeParams = field(default_factory=dict)
     rewardbench: RewardBenchConfig = field(default_factory=dict)
+    scratch_dir: str | None = None  # where stages put large intermediates (stages.common.scratch)
 
 
 def _closed(node: Any) -> None:

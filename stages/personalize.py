@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ def main(
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"personalize-{variant}.json"
     curve = curve or Path("data/plots/personalize") / experiment / f"{variant}.csv"
     with P.staged(out, metrics_path, curve) as (new_out, new_metrics, new_curve), \
-            tempfile.TemporaryDirectory(prefix="smoe-personalize-") as scratch:
+            P.scratch(params, "smoe-personalize-") as scratch:
         new_out.mkdir()
         output = personalize_variant(cache, model or Path("data/models") / experiment / variant, variant, group_by,
                                      config=config, adapt_config=adapt_config, scratch=scratch, adapted_dir=new_out)

@@ -5,7 +5,6 @@ data/plots/steer/<exp>/<variant>.csv (the Fig. 2 / 7 curves)."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import typer
@@ -43,7 +42,7 @@ def main(
     spec = P.experiment(params, experiment)
     config = P.build(SteerConfig, params.get("steer"), "steer")
     cache = FeatureCache(features or Path("data/features") / spec["dataset"])
-    with tempfile.TemporaryDirectory(prefix="smoe-steer-") as scratch:
+    with P.scratch(params, "smoe-steer-") as scratch:
         output = steer_variant(cache, model or Path("data/models") / experiment / variant, variant, config, scratch)
     targets = (out or Path("data/steer") / experiment / f"{variant}.json",
                metrics_path or Path("data/metrics") / experiment / f"steer-{variant}.json",

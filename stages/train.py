@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import typer
@@ -39,7 +38,7 @@ def main(
     out = out or Path("data/models") / experiment / variant
     curves = curves or Path("data/plots/train") / experiment / variant
     lambdas = P.lambdas(params, experiment) if variant == "sparse" else {}
-    with P.staged(out, curves) as (new_out, new_curves), tempfile.TemporaryDirectory(prefix="smoe-train-") as scratch:
+    with P.staged(out, curves) as (new_out, new_curves), P.scratch(params, "smoe-train-") as scratch:
         summary = train_experiment(cache, Path(scratch) / "models", Path(scratch) / "curves", variants=[variant],
                                    num_experts=spec["num_experts"], lambdas=lambdas, config=config,
                                    scratch=scratch, show_progress=progress,

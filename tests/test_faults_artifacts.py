@@ -329,3 +329,30 @@ def test_sigkill_mid_score_keeps_the_previous_output(tiny_llama, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(out.read_text().splitlines()) == 5
     assert not list(tmp_path.glob(".scored.jsonl.staging-*"))
+
+
+def test_scratch_dir_param_places_the_split_stores_and_a_missing_one_is_refused(world, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from pipeline import train as train_module
+
+    monkeypatch.chdir(world)
+    params = yaml.safe_load((world / "params.yaml").read_text())
+    args, outputs = stage_runs(world, world / "data/features/syn", Path())["train"]
+    params["scratch_dir"] = str(tmp_path / "absent")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    before = snapshot(*outputs)
+    code, err = invoke("train", [*args, "--params", str(tmp_path / "params.yaml")], capsys)
+    assert_refused(code, err, f"scratch_dir: {tmp_path / 'absent'} is not a folder", before, *outputs)
+
+    (tmp_path / "scratch").mkdir()
+    params["scratch_dir"] = str(tmp_path / "scratch")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    used = []
+    build = train_module.SplitStore.build
+    monkeypatch.setattr(train_module.SplitStore, "build",
+                        lambda cache_, split, scratch, **kw: used.append(Path(scratch)) or build(cache_, split, scratch, **kw))
+    code, err = invoke("train", [*args, "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "head"),
+                                 "--curves", str(tmp_path / "curves")], capsys)
+    assert code == 0, err
+    assert used and all(tmp_path / "scratch" in p.parents for p in used)
+    assert not any((tmp_path / "scratch").iterdir()), "scratch is removed when the stage ends"

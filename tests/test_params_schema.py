@@ -18,7 +18,7 @@ def test_the_committed_schema_is_the_generated_one():
 
 
 def test_every_section_and_key_of_the_committed_params_files_is_in_the_schema():
-    for path in (common.SCHEMA_FILE.parent / "params.yaml", common.SCHEMA_FILE.parent / "real" / "params.yaml"):
+    for path in (common.SCHEMA_FILE.parents[1] / "params.yaml", common.SCHEMA_FILE.parents[1] / "real" / "params.yaml"):
         params = common.load(path)
         assert set(params) <= set(params_schema.schema()["properties"])
 

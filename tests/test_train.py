@@ -158,6 +158,23 @@ def test_training_follows_the_configured_lr_schedule(clustered, tmp_path, monkey
     assert seen[-1]["experts"] < 0.05 * config.lr_experts
 
 
+def test_curve_every_n_steps_logs_the_mean_of_each_window(clustered, tmp_path):
+    """curve_every = N: one train-curve row per N steps (and one at the last step), each
+    the mean of its window's per-step values: the same numbers as N = 1, fewer rows."""
+    tr, va = states(clustered, "train", tmp_path), states(clustered, "validation", tmp_path)
+    variant = make_variant("vanilla", hidden_size=16, num_experts=4, lambdas={}, config=FAST)
+    _, every = train_variant(variant, tr, va, FAST, show_progress=False)
+    config = TrainConfig(**{**vars(FAST), "curve_every": 7})
+    _, sparse = train_variant(variant, tr, va, config, show_progress=False)
+    steps = [r["step"] for r in every["train"]]
+    assert [r["step"] for r in sparse["train"]] == [s for s in steps if s % 7 == 0 or s == steps[-1]]
+    for row in sparse["train"]:
+        window = [r["loss"] for r in every["train"] if row["step"] - 7 < r["step"] <= row["step"]
+                  and r["step"] > (row["step"] - 1) // 7 * 7]
+        assert row["loss"] == pytest.approx(np.mean(window), rel=1e-6)
+    assert sparse["validation"] == every["validation"]
+
+
 def test_sparse_moe_finds_the_clusters_a_single_head_cannot_fit(clustered, tmp_path):
     tr, va, te = (states(clustered, s, tmp_path) for s in ("train", "validation", "test"))
     # 30 epochs: under the default schedule (linear decay to 0) the rate averages half the base
