@@ -163,7 +163,7 @@ def compare(backbone_config: bb.BackboneConfig, workdir: str | Path, *, requests
 
     # Server: the same pairs as OpenRLHF queries (rendered with the backbone's template).
     def query(pair: tuple[str, str]) -> str:
-        return backbone._render([{"role": "user", "content": pair[0]}], True) + pair[1] + \
+        return backbone.render([{"role": "user", "content": pair[0]}], True) + pair[1] + \
             (backbone.tokenizer.eos_token or "")
 
     port = _free_port()
