@@ -13,10 +13,18 @@ several responses after it. A 4-D attention mask lets each response see the prom
 itself only, and position ids restart after the prompt for every response, so each
 response's states are exactly those of its own standalone sequence while the prompt is
 computed once. Encoders (mean pooling) use one sequence per row and an ordinary mask.
+
+The packing rule is one function (``_packing_rule``) handed to attention in one of two
+forms (``backbone.attention``): ``sdpa``, the reference, evaluates it into a dense boolean
+mask, with which SDPA on a GPU cannot use its flash kernel; ``flex`` turns it into a
+FlexAttention ``BlockMask``, whose kernel (compiled on CUDA) skips the blocks the rule
+masks out entirely and keeps the packing at flash-like speed. Both give the same states
+to rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.util
@@ -25,10 +33,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from annotated_types import Ge
 
@@ -182,6 +191,10 @@ def materialize(model: str, out_dir: str | Path, *, revision: str | None = None,
 # --------------------------------------------------------------------------- load
 
 
+Attention = Literal["sdpa", "flex"]
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+
+
 @dataclass
 class BackboneConfig:
     """Plain data: how to load and drive the backbone (mirrors ``params.yaml: backbone``)."""
@@ -196,6 +209,14 @@ class BackboneConfig:
     template_date: str = "26 Jul 2024"  # pinned into templates that would print today's date
     system_prompt: str | None = None  # None = the template's own default
     device: str = "auto"
+    # How decoders apply the prefix-packing mask: sdpa (the reference) takes it dense, which
+    # sends SDPA on a GPU off its flash kernel; flex takes it as a block mask whose compiled
+    # kernel skips masked blocks (same states to rounding). Encoders accept sdpa only.
+    attention: Attention = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"backbone.attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
 
 @dataclass
@@ -300,6 +321,35 @@ class Backbone:
             ends.append(len(ids) - 1)
         return ids, pos, seg, ends
 
+    def _packing_mask(self, segment: torch.Tensor) -> Any:
+        """The packing rule over ``segment`` [n, width] (-1 = padding) in the form the
+        configured attention takes: a dense [n, 1, width, width] boolean mask (sdpa) or a
+        FlexAttention BlockMask (flex), on the device."""
+        n, width = segment.shape
+        rule = _packing_rule(segment.to(self.device))
+        if self.config.attention == "flex":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            # Built eagerly: it evaluates the rule once per (row, query, key), as the dense
+            # mask does, which is small next to the forward pass it saves on a GPU.
+            return create_block_mask(rule, B=n, H=None, Q_LEN=width, KV_LEN=width, device=self.device)
+        idx = torch.arange(width, device=self.device)
+        rows = torch.arange(n, device=self.device)
+        return rule(rows[:, None, None], None, idx[None, :, None], idx[None, None, :])[:, None]
+
+    def _attention_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Around a forward pass: with flex off CUDA, run flex attention eagerly. transformers
+        compiles flex_attention on every device (integrations/flex_attention.py,
+        WrappedFlexAttention); on a CPU that is a C++ build of ~15 s per new batch shape, for
+        nothing: flex is for a GPU's kernel, a CPU only checks it against sdpa. Eager flex
+        warns once that it is unfused, which is the point here, so that warning is dropped."""
+        stack = contextlib.ExitStack()
+        if self.config.attention == "flex" and self.device.type != "cuda":
+            stack.enter_context(torch.compiler.set_stance("force_eager"))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return stack
+
     @torch.inference_mode()
     def embed_rows(self, rows: list[tuple[list[int], list[list[int]]]], padding_side: str = "right"):
         """Run one batch of rows through the backbone.
@@ -325,16 +375,9 @@ class Backbone:
             response_idx += [(b, off + e) for e in ends]
         real = segment >= 0
         if self.pooling == "last":
-            # Query i may see key j iff j <= i, both real, and j is in the prompt or in i's
-            # own response. The diagonal is always allowed so padding rows never become
-            # all-masked (an all-masked softmax row gives NaN that would leak via values).
-            q = torch.arange(width)
-            causal = q[None, :] <= q[:, None]
-            same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
-            allowed = causal[None] & same & real[:, None, :] & real[:, :, None]
-            allowed |= torch.eye(width, dtype=torch.bool)[None]
-            out = self.model(input_ids=input_ids.to(self.device), attention_mask=allowed[:, None].to(self.device),
-                             position_ids=position_ids.to(self.device), use_cache=False)
+            with self._attention_context():
+                out = self.model(input_ids=input_ids.to(self.device), attention_mask=self._packing_mask(segment),
+                                 position_ids=position_ids.to(self.device), use_cache=False)
             # Pick the 1 + k states per row on the device, then copy only those: the whole
             # [n, width, H] output is ~0.8 GB per batch at token budget 65536 and H 3072.
             hidden = out.last_hidden_state
@@ -360,7 +403,22 @@ class Backbone:
         if self.full_model is None:
             raise BackboneError("backbone has no score head; the integrity check needs a *ForSequenceClassification model")
         ids = torch.tensor([encoded.prefix + encoded.response], device=self.device)
-        return float(self.full_model(input_ids=ids).logits[0, 0].float())
+        with self._attention_context():
+            return float(self.full_model(input_ids=ids).logits[0, 0].float())
+
+
+def _packing_rule(segment: torch.Tensor) -> Any:
+    """Prefix packing as a FlexAttention ``mask_mod`` over ``segment`` [n, width] (0 = the
+    prompt, j = response j, -1 = padding): query q of row b may see key k iff k <= q, both
+    are real, and k is in the prompt or in q's own response. The diagonal is always allowed
+    so padding rows never become all-masked (an all-masked softmax row gives NaN that would
+    leak via values). Indices may be scalars (flex) or broadcasting grids (the dense mask)."""
+    def rule(b: Any, h: Any, q: Any, k: Any) -> Any:  # h unused: every head sees the same keys
+        seg_q, seg_k = segment[b, q], segment[b, k]
+        visible = (k <= q) & ((seg_k == 0) | (seg_k == seg_q)) & (seg_q >= 0) & (seg_k >= 0)
+        return visible | (q == k)
+
+    return rule
 
 
 def _pick_device(name: str) -> torch.device:
@@ -403,14 +461,24 @@ def load(config: BackboneConfig) -> Backbone:
     is_decoder = not getattr(hf_config, "is_encoder_decoder", False) and hf_config.model_type not in (
         "bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet", "modernbert")
     pooling = config.pooling if config.pooling != "auto" else ("last" if is_decoder else "mean")
-    attn = {"attn_implementation": "sdpa"}
+    flex = config.attention == "flex"
+    if flex and pooling != "last":
+        raise BackboneError("backbone.attention flex is for decoders (last-token pooling: the packed mask); "
+                            "this backbone pools by mean over one sequence per row: set backbone.attention: sdpa")
+    attn = {"attn_implementation": "flex_attention" if flex else "sdpa"}
     score_head, full_model = None, None
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        full_model = AutoModelForSequenceClassification.from_pretrained(ref, dtype=dtype, **attn, **common).to(device).eval()
-        model = full_model.base_model
-        score_head = getattr(full_model, "score", None) or getattr(full_model, "classifier", None)
-    else:
-        model = AutoModel.from_pretrained(ref, dtype=dtype, **attn, **common).to(device).eval()
+    try:
+        if any(a.endswith("ForSequenceClassification") for a in archs):
+            full_model = AutoModelForSequenceClassification.from_pretrained(ref, dtype=dtype, **attn, **common)
+            full_model = full_model.to(device).eval()
+            model = full_model.base_model
+            score_head = getattr(full_model, "score", None) or getattr(full_model, "classifier", None)
+        else:
+            model = AutoModel.from_pretrained(ref, dtype=dtype, **attn, **common).to(device).eval()
+    except (ValueError, ImportError) as err:  # transformers: this architecture or torch has no flex attention
+        if not flex:
+            raise
+        raise BackboneError(f"backbone.attention flex: {_first_sentence(err)}; set backbone.attention: sdpa") from err
     model.requires_grad_(False)  # frozen: never trained, never tracked by autograd
     if full_model is not None:
         full_model.requires_grad_(False)
@@ -426,7 +494,25 @@ def load(config: BackboneConfig) -> Backbone:
                         score_head=score_head, full_model=full_model,
                         template_kwargs={"date_string": config.template_date})
     _check_template_is_pinned(backbone)
+    if flex:
+        _check_flex_runs(backbone)
     return backbone
+
+
+def _first_sentence(err: BaseException) -> str:
+    return " ".join(str(err).split()).split(". ")[0][:300]
+
+
+def _check_flex_runs(backbone: Backbone) -> None:
+    """Run one packed row (a prompt and two responses) through the flex path, so that a
+    device, dtype or torch build where flex attention cannot run (no Triton, a kernel
+    without support for this head size) is one line at load, not a traceback at the first
+    batch. On CUDA this is also where flex is compiled for the first time."""
+    try:
+        backbone.embed_rows([([1, 2, 3], [[4, 5], [6]])])
+    except Exception as err:  # noqa: BLE001 - whatever it is, flex cannot run here
+        raise BackboneError(f"backbone.attention flex cannot run on {backbone.device.type} with {backbone.dtype} "
+                            f"({type(err).__name__}: {_first_sentence(err)}); set backbone.attention: sdpa") from err
 
 
 def _model_config(auto_config: Any, ref: str, common: dict[str, Any]) -> Any:

@@ -3,8 +3,9 @@
 Layout of ``data/features/<dataset>/``::
 
     manifest.json              what produced the cache, what it holds, checksums (shards, pairs)
-    pairs.parquet              one row per kept pair; references sequences BY ID
-    shards/shard-00000.parquet one row per unique (prompt, response) sequence
+    pairs.parquet              one row per kept pair; references states BY ID
+    shards/shard-00000.parquet one row per stored state: a response state per unique
+                               (prompt, response) sequence, a prompt state per unique prompt
 
 ``pairs.parquet``
 
@@ -12,24 +13,30 @@ Layout of ``data/features/<dataset>/``::
 |----------------|--------|----------------------------------------------------------------|
 | pair_id        | string | id from the prepared pairs table (content hash)                |
 | split          | string | train / validation / test / adapt                              |
-| chosen_id      | string | seq_id of the preferred sequence                               |
-| rejected_id    | string | seq_id of the dispreferred sequence                            |
-| prompt_state_id| string | seq_id whose ``prompt_state`` is the pair's router input       |
+| chosen_id      | string | state_id of the preferred sequence's response state            |
+| rejected_id    | string | state_id of the dispreferred sequence's response state         |
+| prompt_state_id| string | state_id of the pair's router input (a ``prompt`` row)         |
 | category ... confidence | string, nullable | metadata copied from the prepared table (pipeline/pairs.py METADATA_COLUMNS) |
-
-``prompt_state_id`` is the smaller of the two sequence ids: both sequences carry the
-same prompt state unless truncation cut their prompts differently, and choosing by id
-(never by label) keeps the router input independent of which response was chosen.
 
 ``shards/shard-NNNNN.parquet``
 
-| column         | type                          | meaning                                      |
-|----------------|-------------------------------|----------------------------------------------|
-| seq_id         | string                        | hash of (prompt, response); unique in cache  |
-| n_tokens       | int32                         | tokens of the formatted sequence             |
-| truncated      | bool                          | prompt was cut from the left to fit          |
-| response_state | fixed_size_list<dtype>[H]     | final-layer state at the last real token     |
-| prompt_state   | fixed_size_list<dtype>[H]     | final-layer state at the end of the prompt   |
+| column    | type                      | meaning                                                     |
+|-----------|---------------------------|-------------------------------------------------------------|
+| state_id  | string                    | unique in the cache: a sequence id, or ``p`` + prompt key   |
+| kind      | string                    | ``response`` or ``prompt``                                  |
+| n_tokens  | int32                     | tokens of the formatted sequence (response) / prompt (prompt) |
+| truncated | bool                      | the prompt was cut from the left to fit                     |
+| state     | fixed_size_list<dtype>[H] | final-layer state at the last real token of the sequence (response), or at the end of the prompt (prompt) |
+
+A prompt state is stored ONCE per prompt (format 2; format 1 stored it beside every
+response state, which roughly doubled a cache with one pair per prompt). For a decoder
+the prompt key is the hash of the prompt's token ids as fed to the model: causal attention
+makes the state at the end of the prompt a function of those tokens alone, so two
+sequences whose prompts were truncated differently get two prompt states. For an encoder
+(bidirectional, mean pooling) the prompt's pooled state depends on the response too, so
+the key is the sequence itself. A pair's ``prompt_state_id`` is the prompt state of the
+smaller of its two sequence ids: chosen by id, never by label, so the router input does
+not depend on which response was preferred.
 
 dtype is float16 or float32 (``manifest.dtype``); H is ``manifest.hidden_size``.
 Every join downstream is by id; row order carries no meaning.
@@ -38,10 +45,14 @@ Shards are written to a temporary name, checksummed and renamed into place, so a
 killed run never leaves a half-written shard under a final name. While a run is in
 progress each finished shard has a ``.sha256`` sidecar; the manifest (written last,
 by rank 0) takes over the checksums and the sidecars are removed.
+
+Readers hash each file from the same bytes they parse (one read, :meth:`FeatureCache._read`),
+and count them in :mod:`pipeline.iostats`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -52,10 +63,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pipeline import iostats
 from pipeline.errors import UserError
-from pipeline.integrity import ArtifactError, sha256_file, verify_once
+from pipeline.integrity import sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: prompt states once per prompt (one `state` column, rows by `kind`)
 MANIFEST = "manifest.json"
 PAIRS = "pairs.parquet"
 SHARD_DIR = "shards"
@@ -70,10 +82,18 @@ class CacheError(UserError, RuntimeError):
     pass
 
 
+KINDS = ("response", "prompt")
+
+
 def shard_schema(hidden_size: int, dtype: str) -> pa.Schema:
-    vec = pa.list_(ARROW_DTYPES[dtype], hidden_size)
-    return pa.schema([("seq_id", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_()),
-                      ("response_state", vec), ("prompt_state", vec)])
+    return pa.schema([("state_id", pa.string()), ("kind", pa.string()), ("n_tokens", pa.int32()),
+                      ("truncated", pa.bool_()), ("state", pa.list_(ARROW_DTYPES[dtype], hidden_size))])
+
+
+def prompt_state_id(prompt_key: bytes) -> str:
+    """The state_id of a prompt state: ``p`` + its key's hex (sequence ids are plain hex,
+    so the two kinds never collide)."""
+    return "p" + prompt_key.hex()[:24]
 
 
 def shard_name(index: int) -> str:
@@ -159,10 +179,10 @@ def completed_shard(directory: Path, index: int, plan_hash: str, expected: dict 
 class FeatureCache:
     """Read access to a finished cache directory.
 
-    Every file is checked against its manifest checksum before this process first reads
-    it (:func:`pipeline.integrity.verify_once`), and anything pyarrow cannot read becomes
-    a :class:`CacheError` naming the file: no stage trains on, or reports from, a shard
-    that is not the one featurize wrote."""
+    Every file is checked against its manifest checksum from the very bytes that are then
+    parsed (:meth:`_read`), and anything pyarrow cannot read becomes a :class:`CacheError`
+    naming the file: no stage trains on, or reports from, a shard that is not the one
+    featurize wrote."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -176,12 +196,15 @@ class FeatureCache:
             raise CacheError(f"{manifest_path}: damaged, not valid JSON ({e}); {self.recovery}") from None
         if not isinstance(self.manifest, dict):
             raise CacheError(f"{manifest_path}: damaged, not a JSON object; {self.recovery}")
+        if self.manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            dataset = self.manifest.get("dataset", "<dataset>")
+            raise CacheError(f"{manifest_path}: cache format {self.manifest['format_version']}, this code reads "
+                             f"format {FORMAT_VERSION} (prompt states once per prompt); rebuild it with "
+                             f"`dvc repro --force featurize@{dataset}` or `smoe featurize` (every shard of an "
+                             f"older format is recomputed)")
         missing = [k for k in (*REQUIRED_MANIFEST_KEYS, "pairs_sha256") if k not in self.manifest]
         if missing:
             raise CacheError(f"{manifest_path}: manifest lacks {missing}; {self.recovery}")
-        if self.manifest["format_version"] != FORMAT_VERSION:
-            raise CacheError(f"{manifest_path}: cache format {self.manifest['format_version']}, "
-                             f"this code reads format {FORMAT_VERSION}; {self.recovery}")
         shards = self.manifest["shards"]
         if not isinstance(shards, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("sha256"), str)
@@ -203,18 +226,22 @@ class FeatureCache:
     def shard_paths(self) -> list[Path]:
         return [self.path / SHARD_DIR / s["file"] for s in self.manifest["shards"]]
 
-    def _checked(self, path: Path, expected: str) -> Path:
+    def _read(self, path: Path, expected: str) -> pq.ParquetFile:
+        """One read of ``path``: the bytes are hashed against the manifest and parsed from
+        memory, so verifying a file costs no second pass over it (a shard is at most
+        ``featurize.shard_max_mb`` of vectors) and every byte counts once in iostats."""
         try:
-            verify_once(path, expected)
-        except ArtifactError as e:
-            raise CacheError(f"{e}; {self.recovery}") from None
-        return path
-
-    def _pairs_path(self) -> Path:
-        return self._checked(self.path / PAIRS, self.manifest["pairs_sha256"])
-
-    def _shard_path(self, record: dict[str, Any]) -> Path:
-        return self._checked(self.path / SHARD_DIR / record["file"], record["sha256"])
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CacheError(f"{path}: missing; {self.recovery}") from None
+        iostats.count_read("cache", len(data))
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CacheError(f"{path}: checksum mismatch (damaged, truncated or replaced since it was written); "
+                             f"{self.recovery}")
+        try:
+            return pq.ParquetFile(pa.BufferReader(data))
+        except (pa.ArrowException, OSError) as e:
+            raise self._unreadable(path, e) from None
 
     def _unreadable(self, path: Path, error: Exception) -> CacheError:
         # Reached only when the bytes match the manifest: the manifest itself describes a
@@ -241,54 +268,42 @@ class FeatureCache:
         return problems
 
     def pairs(self, columns: list[str] | None = None) -> pa.Table:
-        path = self._pairs_path()
+        path = self.path / PAIRS
+        file = self._read(path, self.manifest["pairs_sha256"])
         try:
             # one thread: pyarrow's pool + torch can abort (exit 134) a process that exits right after a read
-            return pq.ParquetFile(path).read(columns=columns, use_threads=False)
+            return file.read(columns=columns, use_threads=False)
         except (pa.ArrowException, OSError) as e:
             raise self._unreadable(path, e) from None
 
-    def iter_shards(self, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
-        for record in self.manifest["shards"]:
-            path = self._shard_path(record)
-            try:
-                table = pq.ParquetFile(path).read(columns=columns, use_threads=False)
-            except (pa.ArrowException, OSError) as e:
-                raise self._unreadable(path, e) from None
-            for name in ("response_state", "prompt_state"):
-                if name in table.column_names:
-                    self._check_width(path, table.column(name))
-            yield path, table
-
-    def iter_batches(self, columns: list[str], batch_rows: int = 4096) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
+    def iter_batches(self, columns: list[str] | None = None,
+                     batch_rows: int = 4096) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
         """(shard path, first row's index in the shard, batch) over every shard, ``batch_rows``
-        rows at a time: memory stays at one batch however large the shards are."""
+        rows at a time: memory stays at one shard's bytes plus one decoded batch."""
         for record in self.manifest["shards"]:
-            path = self._shard_path(record)
+            path = self.path / SHARD_DIR / record["file"]
+            file = self._read(path, record["sha256"])
             offset = 0
             try:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns,
-                                                               use_threads=False):
-                    for name in ("response_state", "prompt_state"):
-                        if name in batch.schema.names:
-                            self._check_width(path, batch.column(name))
+                for batch in file.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+                    if "state" in batch.schema.names:
+                        self._check_width(path, batch.column("state"))
                     yield path, offset, batch
                     offset += batch.num_rows
             except (pa.ArrowException, OSError) as e:
                 raise self._unreadable(path, e) from None
 
-    def states(self, seq_ids: Iterable[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Map seq_id -> (response_state, prompt_state) as float32; all, or just ``seq_ids``.
-        Loads into memory: for small caches and tests. Training streams shards instead."""
-        wanted = None if seq_ids is None else set(seq_ids)
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for _, table in self.iter_shards():
-            ids = table.column("seq_id").to_pylist()
-            resp = arrow_to_vectors(table.column("response_state")).astype(np.float32)
-            prompt = arrow_to_vectors(table.column("prompt_state")).astype(np.float32)
-            for i, sid in enumerate(ids):
+    def states(self, state_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Map state_id -> state as float32 (response and prompt states alike); all, or just
+        ``state_ids``. Loads into memory: for small caches and tests. Training reads the
+        split stores built from the cache instead (pipeline/split_store.py)."""
+        wanted = None if state_ids is None else set(state_ids)
+        out: dict[str, np.ndarray] = {}
+        for _, _, batch in self.iter_batches(["state_id", "state"]):
+            vectors = arrow_to_vectors(batch.column(1)).astype(np.float32)
+            for i, sid in enumerate(batch.column(0).to_pylist()):
                 if wanted is None or sid in wanted:
-                    out[sid] = (resp[i], prompt[i])
+                    out[sid] = vectors[i]
         return out
 
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import figures, metrics
-from pipeline.cache import FeatureCache, write_json
+from pipeline.cache import write_json
 from pipeline.models import RewardHead, check_compatible, predict
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStore, SplitStores
 
 
 def predictions_table(states: SplitStore, weights: np.ndarray, margins: np.ndarray) -> pa.Table:
@@ -103,8 +103,8 @@ def routing_examples(name: str, pair_ids: list[str], weights: np.ndarray, catego
     return "\n".join(lines) + "\n"
 
 
-def evaluate_variant(cache: FeatureCache, model_dir: str | Path, name: str, *, metrics_path: str | Path,
-                     predictions_dir: str | Path, scratch: str | Path, figures_dir: str | Path | None = None,
+def evaluate_variant(stores: SplitStores, model_dir: str | Path, name: str, *, metrics_path: str | Path,
+                     predictions_dir: str | Path, figures_dir: str | Path | None = None,
                      prompts: dict[str, str] | None = None,
                      split: str = "test", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score one trained head on ``split``. Writes the key metrics (:func:`metrics.headline`,
@@ -113,8 +113,8 @@ def evaluate_variant(cache: FeatureCache, model_dir: str | Path, name: str, *, m
     ``predictions.parquet`` and, when ``prompts`` (pair_id -> prompt text) is given, the
     sample routings (``examples.md``); figures into ``figures_dir``. Returns all metrics."""
     head = RewardHead.load(model_dir)
-    check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
-    states = SplitStore.build(cache, split, scratch)
+    check_compatible(head.config, stores.cache_manifest, f"{model_dir} on {stores.path}")
+    states = stores.split(split)
     weights, margins = predict(head, states)
     result = {**metrics.behaviour_metrics(weights, margins), "num_experts": head.num_experts,
               "split": split, "num_pairs": len(states), "variant": name, **(extra or {})}
@@ -126,7 +126,7 @@ def evaluate_variant(cache: FeatureCache, model_dir: str | Path, name: str, *, m
                           f"{name}: reward margin r(chosen) - r(rejected) ({split})",
                           Path(figures_dir) / "reward_margins.png", xlabel="reward margin")
     if head.router is not None:  # input-dependent routing (moe); single/hyre have none to analyse
-        validation = SplitStore.build(cache, "validation", scratch)
+        validation = stores.split("validation")
         val_weights, _ = predict(head, validation)
         result.update(split_specialization(validation, val_weights, states, weights, margins))
         order, c = states.order_by_pair_id(), states.categories()

@@ -59,8 +59,10 @@ class FeaturizeConfig:
 @dataclass
 class Plan:
     seq_ids: list[str]
-    shards: list[list[list[tuple[int, list[int]]]]]  # shard -> batch -> row = (group, [seq idx])
+    shards: list[list[list[tuple[int, list[int]]]]]  # shard -> batch -> row = (first seq idx, [seq idx])
     plan_hash: str
+    prompt_keys: list[bytes]      # per sequence: the key of its prompt state (cache.prompt_state_id)
+    prompt_owners: set[int]       # first seq idx of the one row (in plan order) that stores each prompt state
 
 
 # --------------------------------------------------------------------------- distributed
@@ -140,7 +142,9 @@ def tokenize(prepared: Path, backbone: Backbone, workdir: Path, show_progress: b
                 kept["split"].append(row["split"])
                 kept["chosen_id"].append(seq_ids[c])
                 kept["rejected_id"].append(seq_ids[r])
-                kept["prompt_state_id"].append(min(seq_ids[c], seq_ids[r]))
+                # The router input: the prompt state of the smaller sequence id (by id,
+                # never by label); the two differ only if truncation cut their prompts apart.
+                kept["prompt_state_id"].append(cache.prompt_state_id(group_keys[min((c, r), key=seq_ids.__getitem__)]))
                 for k in meta_cols:
                     kept[k].append(row[k])
             bar.update(batch.num_rows)
@@ -155,7 +159,8 @@ def tokenize(prepared: Path, backbone: Backbone, workdir: Path, show_progress: b
 
 
 def shard_limit(config: FeaturizeConfig, hidden_size: int) -> int:
-    """Sequences per shard: two vectors each, capped by ``shard_max_mb``."""
+    """Sequences per shard: at most two vectors each (its response state and at most one
+    prompt state), capped by ``shard_max_mb``."""
     per_sequence = 2 * hidden_size * (2 if config.dtype == "float16" else 4)
     return max(1, min(config.shard_max_sequences, config.shard_max_mb * 2**20 // per_sequence))
 
@@ -201,12 +206,20 @@ def make_plan(seq_ids: list[str], lengths: np.ndarray, prefix_lengths: np.ndarra
         if batch:
             batches.append(batch)
         batched.append(batches)
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({**fingerprint, "format_version": cache.FORMAT_VERSION},
+                                       sort_keys=True).encode())
+    owners, seen = set(), set()
     for shard in batched:
         for batch in shard:
-            for _, members in batch:
+            for first, members in batch:
                 digest.update(",".join(seq_ids[i] for i in members).encode() + b";")
-    return Plan(seq_ids=seq_ids, shards=batched, plan_hash=digest.hexdigest()[:16])
+                # A prompt whose responses fill several rows is computed in each of them
+                # (the row needs it), but stored by the first only: once per prompt.
+                if group_keys[first] not in seen:
+                    seen.add(group_keys[first])
+                    owners.add(first)
+    return Plan(seq_ids=seq_ids, shards=batched, plan_hash=digest.hexdigest()[:16], prompt_keys=group_keys,
+                prompt_owners=owners)
 
 
 # --------------------------------------------------------------------------- phase 3
@@ -214,40 +227,45 @@ def make_plan(seq_ids: list[str], lengths: np.ndarray, prefix_lengths: np.ndarra
 
 def compute_shard(backbone: Backbone, tokens: pa.Table, plan: Plan, shard: list, truncated: list[bool],
                   config: FeaturizeConfig, bar: Progress) -> pa.Table:
-    ids, n_tokens, trunc, resp_states, prompt_states = [], [], [], [], []
+    ids, n_tokens, trunc, resp_states = [], [], [], []
+    prompt_ids, prompt_tokens, prompt_trunc, prompt_states = [], [], [], []
     for batch in shard:
         members = [m for _, ms in batch for m in ms]
         rows_tok = tokens.take(pa.array(members, type=pa.int64())).to_pydict()
-        cursor, rows = 0, []
+        cursor, rows, row_first = 0, [], []  # row_first: a member of each row, for its prompt key
         for _, ms in batch:
             prefix = rows_tok["prefix"][cursor]
             responses = rows_tok["response"][cursor:cursor + len(ms)]
             if backbone.shares_prefix:
                 rows.append((prefix, responses))
+                row_first.append(ms[0])
             else:
                 rows += [(p, [r]) for p, r in zip(rows_tok["prefix"][cursor:cursor + len(ms)], responses)]
+                row_first += ms
             cursor += len(ms)
         prompt, response = backbone.embed_rows(rows, padding_side=config.padding_side)
-        # Broadcast each row's prompt state to every response in that row.
-        counts = [len(r[1]) for r in rows]
-        prompt = torch.repeat_interleave(prompt, torch.tensor(counts), dim=0)
         for j, m in enumerate(members):
             ids.append(plan.seq_ids[m])
             n_tokens.append(len(rows_tok["prefix"][j]) + len(rows_tok["response"][j]))
             trunc.append(truncated[m])
+        keep = [r for r, m in enumerate(row_first) if m in plan.prompt_owners]
+        for r in keep:
+            prompt_ids.append(cache.prompt_state_id(plan.prompt_keys[row_first[r]]))
+            prompt_tokens.append(len(rows[r][0]))
+            prompt_trunc.append(truncated[row_first[r]])
         resp_states.append(response.numpy())
-        prompt_states.append(prompt.numpy())
+        prompt_states.append(prompt[keep].numpy())
         bar.update(len(members))
-    resp = np.concatenate(resp_states)
-    prm = np.concatenate(prompt_states)
-    for name, arr in (("response_state", resp), ("prompt_state", prm)):
-        if not np.isfinite(arr).all():
-            raise FloatingPointError(f"backbone produced non-finite {name} values")
+    states = np.concatenate(resp_states + prompt_states)
+    if not np.isfinite(states).all():
+        kind = "response" if not np.isfinite(states[:len(ids)]).all() else "prompt"
+        raise FloatingPointError(f"backbone produced non-finite {kind} states")
     return pa.table({
-        "seq_id": pa.array(ids, pa.string()), "n_tokens": pa.array(n_tokens, pa.int32()),
-        "truncated": pa.array(trunc, pa.bool_()),
-        "response_state": cache.vectors_to_arrow(resp, config.dtype),
-        "prompt_state": cache.vectors_to_arrow(prm, config.dtype),
+        "state_id": pa.array(ids + prompt_ids, pa.string()),
+        "kind": pa.array(["response"] * len(ids) + ["prompt"] * len(prompt_ids), pa.string()),
+        "n_tokens": pa.array(n_tokens + prompt_tokens, pa.int32()),
+        "truncated": pa.array(trunc + prompt_trunc, pa.bool_()),
+        "state": cache.vectors_to_arrow(states, config.dtype),
     }, schema=cache.shard_schema(backbone.hidden_size, config.dtype))
 
 
@@ -284,11 +302,14 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
                        "compute_dtype": str(backbone.dtype), "max_length": backbone.config.max_length,
                        "truncation": backbone.config.truncation, "dtype": config.dtype,
                        "token_budget": config.token_budget, "max_responses_per_row": config.max_responses_per_row,
-                       "max_per_shard": shard_limit(config, backbone.hidden_size), "padding_side": config.padding_side}
+                       "max_per_shard": shard_limit(config, backbone.hidden_size), "padding_side": config.padding_side,
+                       "attention": backbone.config.attention}
         plan = make_plan(seq_ids, prefix_len + resp_len, prefix_len, group_keys, used, config,
                          shard_limit(config, backbone.hidden_size), fingerprint)
         previous = {}
-        if old_manifest.get("plan_hash") == plan.plan_hash:
+        # An older format's shards are never reused (its plan hash differs anyway: the
+        # format version is part of the fingerprint).
+        if old_manifest.get("plan_hash") == plan.plan_hash and old_manifest.get("format_version") == cache.FORMAT_VERSION:
             previous = {s["file"]: {**s, "plan_hash": plan.plan_hash} for s in old_manifest.get("shards", [])}
 
         mine = [i for i in range(len(plan.shards)) if i % world == rank]
@@ -331,6 +352,7 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
             "hidden_size": backbone.hidden_size,
             "dtype": config.dtype,
             "compute_dtype": str(backbone.dtype).replace("torch.", ""),
+            "attention": backbone.config.attention,
             "pooling": backbone.pooling,
             "template_hash": backbone.template_hash,
             "template_kwargs": backbone.template_kwargs,
@@ -341,6 +363,7 @@ def featurize(prepared: str | Path, out_dir: str | Path, backbone: Backbone, con
             "max_length": backbone.config.max_length,
             "truncation_policy": backbone.config.truncation,
             "num_sequences": len(used),
+            "num_prompt_states": len(plan.prompt_owners),
             "num_pairs": pair_table.num_rows,
             "pairs_sha256": cache.sha256_file(out_dir / cache.PAIRS),
             "pairs_by_split": dict(sorted(Counter(kept.get("split", [])).items())),
@@ -379,10 +402,11 @@ def integrity_check(backbone: Backbone, tokens: pa.Table, plan: Plan, out_dir: P
     index = {sid: i for i, sid in enumerate(plan.seq_ids)}
     states = {}
     for rec in records:
-        table = pq.ParquetFile(out_dir / cache.SHARD_DIR / rec.file).read(columns=["seq_id", "response_state"],
+        table = pq.ParquetFile(out_dir / cache.SHARD_DIR / rec.file).read(columns=["state_id", "kind", "state"],
                                                                            use_threads=False)
-        vecs = cache.arrow_to_vectors(table.column("response_state")).astype(np.float64)
-        states.update(zip(table.column("seq_id").to_pylist(), vecs))
+        table = table.filter(pa.compute.equal(table.column("kind"), "response"))
+        vecs = cache.arrow_to_vectors(table.column("state")).astype(np.float64)
+        states.update(zip(table.column("state_id").to_pylist(), vecs))
     sample = random.Random(config.seed).sample(sorted(states), min(config.integrity_samples, len(states)))
     w = backbone.score_head.weight.detach().float().cpu().numpy().astype(np.float64)[0]
     worst = 0.0

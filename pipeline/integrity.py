@@ -3,13 +3,14 @@
 Two kinds of artifact carry sha256 checksums:
 
 - the feature cache: ``manifest.json`` records one per shard and one for ``pairs.parquet``
-  (``pipeline/cache.py``); every reader checks a file before its first read;
-- a head folder (trained, adapted or exported): ``checksums.json`` records one per file
-  (:func:`write_checksums`), and loading checks them (:func:`verify_checksums`).
+  (``pipeline/cache.py``); readers hash the very bytes they parse;
+- a head folder (trained, adapted or exported) and the split stores: ``checksums.json``
+  records one per file (:func:`write_checksums`), and loading checks them
+  (:func:`verify_checksums`, :func:`verify_once`).
 
 A check costs one sequential read of the file, so it is done once per process per file
-(:func:`verify_once`), never per batch: a stage that streams the same shard for the train
-and the validation split hashes it once.
+(:func:`verify_once`), never per batch: a stage that reads a split store for every epoch
+hashes it once.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_once(path: str | Path, expected: str, recover: str = "") -> None:
+def verify_once(path: str | Path, expected: str, recover: str = "") -> bool:
     """Raise :class:`ArtifactError` naming ``path`` (and how to ``recover``) unless the file
     exists and hashes to ``expected``. A file that passed stays trusted for this process
-    while its size and mtime are unchanged."""
+    while its size and mtime are unchanged. Returns whether the file was read (hashed) now."""
     path = Path(path)
     recover = f"; {recover}" if recover else ""
     try:
@@ -54,11 +55,12 @@ def verify_once(path: str | Path, expected: str, recover: str = "") -> None:
         raise ArtifactError(f"{path}: missing{recover}") from None
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
     if key in _verified:
-        return
+        return False
     if sha256_file(path) != expected:
         raise ArtifactError(f"{path}: checksum mismatch (damaged, truncated or replaced since it was "
                             f"written){recover}")
     _verified.add(key)
+    return True
 
 
 def write_checksums(directory: str | Path, files: Iterable[str]) -> None:

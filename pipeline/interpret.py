@@ -39,11 +39,11 @@ from annotated_types import Ge, Len
 import numpy as np
 
 from pipeline import metrics, pairs
-from pipeline.cache import FeatureCache, write_json
+from pipeline.cache import write_json
 from pipeline.describers import Backend, Connection, InterpretError, backend_kind, make_backend
 from pipeline.evaluate import split_specialization
 from pipeline.models import RewardHead, check_compatible, predict
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStore, SplitStores
 
 # The trained variants (pipeline.train.VARIANTS) whose routing depends on the prompt, and
 # those whose does not: a single head has one expert, a hyre ensemble weights its heads
@@ -254,12 +254,11 @@ def experts_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def interpret_variant(cache: FeatureCache, prepared_pairs: str | Path, model_dir: str | Path, out_dir: str | Path,
-                      config: InterpretConfig, *, scratch: str | Path, connection: Connection = Connection(),
+def interpret_variant(stores: SplitStores, prepared_pairs: str | Path, model_dir: str | Path, out_dir: str | Path,
+                      config: InterpretConfig, *, connection: Connection = Connection(),
                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Describe and judge every expert of the head in ``model_dir`` as ``config`` says;
-    write ``out_dir/experts.md`` and ``out_dir/experts.json`` and return the report. The
-    split states are built in ``scratch``. A head with nothing to interpret (single, hyre)
+    write ``out_dir/experts.md`` and ``out_dir/experts.json`` and return the report. A head with nothing to interpret (single, hyre)
     raises :class:`InterpretError` before the splits or backends are loaded. The files are
     written last, after every judge call, but one after the other: a caller that needs
     them to appear together writes to a staging folder and renames it (the stage does)."""
@@ -268,9 +267,8 @@ def interpret_variant(cache: FeatureCache, prepared_pairs: str | Path, model_dir
     reason = skip_reason(head)
     if reason is not None:
         raise InterpretError(f"{model_dir}: {reason}")
-    check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
-    validation = SplitStore.build(cache, "validation", Path(scratch))
-    test = SplitStore.build(cache, "test", Path(scratch))
+    check_compatible(head.config, stores.cache_manifest, f"{model_dir} on {stores.path}")
+    validation, test = stores.split("validation"), stores.split("test")
     prompt_texts = pairs.prompt_texts(prepared_pairs, set(validation.pair_ids) | set(test.pair_ids))
     # Backends last: an hf model takes a while to load, and bad inputs should fail first.
     describer, judge = make_backends(config, connection)

@@ -36,10 +36,9 @@ import torch
 
 from pipeline import metrics
 from pipeline.adaptation import AdaptConfig, adapt, method_for, pair_accuracy
-from pipeline.cache import FeatureCache
 from pipeline.errors import UserError
 from pipeline.models import RewardHead, check_compatible
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStores
 
 SPLITS = ("train", "validation", "test")
 
@@ -124,18 +123,21 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "group"
 
 
-def load_groups(cache: FeatureCache, group_by: str, config: PersonalizeConfig,
-                scratch: str | Path) -> tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
-    """The states [N, 3, H] of ``config.split``'s pairs, rows sorted by pair_id (the split
-    does not depend on file order), their groups and the groups left out (:func:`split_groups`)."""
-    states = SplitStore.build(cache, config.split, scratch)
+def load_groups(stores: SplitStores, group_by: str,
+                config: PersonalizeConfig) -> tuple[torch.Tensor, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """The float16 states [N, 3, H] of ``config.split``'s pairs in file order, their groups
+    as row indices (drawn in pair_id order: the split does not depend on file order) and
+    the groups left out (:func:`split_groups`). Kept in float16, as stored: a 70K-pair test
+    split at hidden 3072 is 1.3 GB so, 2.6 GB as float32; rows are cast where used."""
+    states = stores.split(config.split)
     if group_by not in states.metadata.column_names or None in states.metadata.column(group_by).to_pylist():
-        raise PersonalizeError(f"{cache.path}: every {config.split} pair needs a {group_by!r} value to "
+        raise PersonalizeError(f"{stores.path}: every {config.split} pair needs a {group_by!r} value to "
                                f"personalize by; columns: {states.metadata.column_names}")
     order = states.order_by_pair_id()
     labels = np.array(states.metadata.column(group_by).to_pylist())[order]
-    x = torch.from_numpy(states.read(0, len(states))[order].astype(np.float32))
-    return (x, *split_groups(labels, config))
+    groups, skipped = split_groups(labels, config)
+    groups = {g: (order[pool], order[evaluation]) for g, (pool, evaluation) in groups.items()}
+    return torch.from_numpy(states.read(0, len(states))), groups, skipped
 
 
 def personalize_head(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -147,15 +149,16 @@ def personalize_head(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[
     after = np.zeros((len(groups), len(config.sizes), len(config.seeds)))
     before = np.zeros(len(groups))
     for g, (group, (pool, evaluation)) in enumerate(groups.items()):
-        before[g], weights_before = pair_accuracy(head, *x[evaluation].unbind(1))
+        held_out = x[evaluation].float().unbind(1)
+        before[g], weights_before = pair_accuracy(head, *held_out)
         shifts = []
         for i, n in enumerate(config.sizes):
             for j, seed in enumerate(config.seeds):
                 # The draw depends on (group, n, seed) only: every model sees the same pairs.
                 chosen_rows = pool[np.random.default_rng([seed, g, n]).choice(len(pool), size=n, replace=False)]
-                xa = x[chosen_rows]
+                xa = x[chosen_rows].float()
                 adapted = adapt(head, xa[:, 0], xa[:, 1], xa[:, 2], AdaptConfig(**{**asdict(adapt_config), "seed": seed}))
-                after[g, i, j], weights_after = pair_accuracy(adapted, *x[evaluation].unbind(1))
+                after[g, i, j], weights_after = pair_accuracy(adapted, *held_out)
                 if n == config.sizes[-1]:
                     shifts.append(np.subtract(weights_after, weights_before))
                     if j == 0 and save_dir is not None:
@@ -180,8 +183,8 @@ def personalize_head(head: RewardHead, x: torch.Tensor, groups: dict[str, tuple[
             "by_n": by_n, "by_group": by_group}
 
 
-def personalize_variant(cache: FeatureCache, model_dir: str | Path, variant: str, group_by: str, *,
-                        config: PersonalizeConfig, adapt_config: AdaptConfig, scratch: str | Path,
+def personalize_variant(stores: SplitStores, model_dir: str | Path, variant: str, group_by: str, *,
+                        config: PersonalizeConfig, adapt_config: AdaptConfig,
                         adapted_dir: str | Path | None = None) -> PersonalizeOutput:
     """Personalize one head (any variant) to every ``group_by`` group of the cache's
     ``config.split``. Saves the adapted heads (largest n, first seed) under
@@ -189,8 +192,8 @@ def personalize_variant(cache: FeatureCache, model_dir: str | Path, variant: str
     report, so this stage does not depend on interpret). Returns every result, the key numbers (:func:`headline`) and the Fig. 8 curve
     (:func:`curve_csv`)."""
     head = RewardHead.load(model_dir)
-    check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
-    x, groups, skipped = load_groups(cache, group_by, config, scratch)
+    check_compatible(head.config, stores.cache_manifest, f"{model_dir} on {stores.path}")
+    x, groups, skipped = load_groups(stores, group_by, config)
     result = personalize_head(head, x, groups, config, adapt_config,
                               None if adapted_dir is None else Path(adapted_dir))
     result["method"] = method_for(head)

@@ -25,10 +25,9 @@ from annotated_types import Ge, Interval, Len
 import numpy as np
 
 from pipeline import metrics
-from pipeline.cache import FeatureCache
 from pipeline.errors import UserError
 from pipeline.models import RewardHead, check_compatible, predict
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStore, SplitStores
 
 # Heads with an input-dependent router: steering replaces its weights, so only these steer.
 STEERABLE = ("vanilla", "micro", "sparse")
@@ -148,8 +147,7 @@ def _labels(states: SplitStore, label: str, split: str, where: str) -> np.ndarra
     return np.array(states.metadata.column(label).to_pylist())
 
 
-def steer_variant(cache: FeatureCache, model_dir: str | Path, variant: str, config: SteerConfig,
-                  scratch: str | Path) -> SteerOutput:
+def steer_variant(stores: SplitStores, model_dir: str | Path, variant: str, config: SteerConfig) -> SteerOutput:
     """Steer one head (vanilla, micro or sparse) on the cache's test pairs, with the random
     baseline when it is the :data:`REFERENCE` head. Writes nothing; returns every result,
     the key numbers (:func:`headline`) and the per-weight curves (:func:`curve_csv`)."""
@@ -157,13 +155,12 @@ def steer_variant(cache: FeatureCache, model_dir: str | Path, variant: str, conf
         raise SteerError(f"{variant!r} cannot be steered: steering intervenes on routing weights and only "
                          f"{', '.join(STEERABLE)} have a router")
     head = RewardHead.load(model_dir)
-    check_compatible(head.config, cache.manifest, f"{model_dir} on {cache.path}")
+    check_compatible(head.config, stores.cache_manifest, f"{model_dir} on {stores.path}")
     if head.router is None:
         raise SteerError(f"{model_dir}: steering intervenes on routing weights; this head has no router")
-    validation = SplitStore.build(cache, "validation", scratch)
-    test = SplitStore.build(cache, "test", scratch)
-    val_labels = _labels(validation, config.label, "validation", str(cache.path))
-    labels = _labels(test, config.label, "test", str(cache.path))
+    validation, test = stores.split("validation"), stores.split("test")
+    val_labels = _labels(validation, config.label, "validation", str(stores.path))
+    labels = _labels(test, config.label, "test", str(stores.path))
     val_order, order = validation.order_by_pair_id(), test.order_by_pair_id()
     val_weights, _ = predict(head, validation)
     weights, margins = predict(head, test)
@@ -173,7 +170,7 @@ def steer_variant(cache: FeatureCache, model_dir: str | Path, variant: str, conf
     skipped = {str(a): f"{n} test pairs, fewer than min_pairs = {config.min_pairs}"
                for a, n in zip(names, counts) if n < config.min_pairs}
     if len(skipped) == len(names):
-        raise SteerError(f"{cache.path}: no {config.label} has {config.min_pairs} test pairs or more "
+        raise SteerError(f"{stores.path}: no {config.label} has {config.min_pairs} test pairs or more "
                          f"({', '.join(f'{a}: {n}' for a, n in zip(names, counts))}); lower steer.min_pairs or use more data")
     kept = ~np.isin(labels, list(skipped))
     weights, margins, labels = weights[kept], margins[kept], labels[kept]

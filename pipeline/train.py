@@ -27,10 +27,9 @@ import numpy as np
 import torch
 
 from pipeline import losses, metrics
-from pipeline.cache import FeatureCache
 from pipeline.models import VARIANTS, HeadConfig, RewardHead, predict
 from pipeline.progress import progress
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStore, SplitStores
 from pipeline.errors import UserError
 
 
@@ -255,22 +254,23 @@ def check_cache_backbone(manifest: dict[str, Any], expected: dict[str, str], whe
                                  f"Re-run featurize with these params (`dvc repro`), or set them to the cache's.")
 
 
-def train_experiment(cache: FeatureCache, models_dir: str | Path, curves_dir: str | Path, *,
+def train_experiment(stores: SplitStores, models_dir: str | Path, curves_dir: str | Path, *,
                      variants: list[str], num_experts: int, lambdas: dict[str, float], config: TrainConfig,
-                     scratch: str | Path, extra: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None,
                      show_progress: bool = True) -> dict[str, dict[str, float]]:
-    """Train every variant on one cache. Writes ``<models_dir>/<variant>/`` (model.safetensors,
-    config.json) and ``<curves_dir>/<variant>/``; returns each variant's last validation metrics."""
-    train = SplitStore.build(cache, "train", scratch, seed=config.seed, show_progress=show_progress)
-    validation = SplitStore.build(cache, "validation", scratch, seed=config.seed, show_progress=show_progress)
-    provenance = {"backbone": cache.manifest["backbone"], "template_hash": cache.manifest["template_hash"]}
+    """Train every variant on one cache's split stores. Writes ``<models_dir>/<variant>/``
+    (model.safetensors, config.json) and ``<curves_dir>/<variant>/``; returns each variant's
+    last validation metrics."""
+    train, validation = stores.split("train"), stores.split("validation")
+    cache = stores.cache_manifest
+    provenance = {"backbone": cache["backbone"], "template_hash": cache["template_hash"]}
     summary = {}
     for name in variants:
-        variant = make_variant(name, hidden_size=cache.hidden_size, num_experts=num_experts, lambdas=lambdas,
+        variant = make_variant(name, hidden_size=stores.hidden_size, num_experts=num_experts, lambdas=lambdas,
                                config=config, provenance=provenance)
         head, curves = train_variant(variant, train, validation, config, show_progress=show_progress)
         head.save(Path(models_dir) / name, variant=name, objective=vars(variant.objective),
-                  train=vars(config), cache_revision=cache.manifest.get("revision"), **(extra or {}))
+                  train=vars(config), cache_revision=cache.get("revision"), **(extra or {}))
         write_curves(curves, Path(curves_dir) / name)
         summary[name] = curves["validation"][-1]
     return summary

@@ -16,8 +16,9 @@ from stages import common as P
 from tooling.bench import machine_label
 
 
-def _backbone(params: dict[str, Any], model_dir: str) -> BackboneConfig:
-    return P.build(BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",), model=model_dir)
+def _backbone(params: dict[str, Any], model_dir: str, **overrides: Any) -> BackboneConfig:
+    return P.build(BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",), model=model_dir,
+                   **overrides)
 
 
 def _featurize(params: dict[str, Any]) -> FeaturizeConfig:
@@ -36,26 +37,43 @@ def featurize_cmd(
     backbone_dir: str = typer.Option("data/backbone", "--backbone", help="Materialized backbone folder."),
     prepared: Path = typer.Option(None, help="Prepared folder. Default: data/prepared/<dataset>."),
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
+    attention: str = typer.Option(None, help="sdpa | flex: the real mode's backbone.attention. "
+                                             "Default: the params file's."),
     json_out: Path = typer.Option(None, help="Also write the results as JSON here."),
 ) -> None:
     """Featurize throughput: the real featurize against a batch-1 loop, same pairs.
 
     The naive loop is ArmoRM's extraction: batch size 1, chosen and rejected run
-    separately per pair. Each mode runs in its own process. Prints pairs/s, sequences/s,
-    forward tokens/s, peak RSS and the wall ratio."""
+    separately per pair, with sdpa. Each mode runs in its own process. Prints pairs/s,
+    sequences/s, forward tokens/s, peak RSS, the wall ratio and, on a GPU with a known
+    peak, the model FLOP utilization (MFU = model FLOPs per token x forward tokens/s /
+    peak FLOP/s, over the mode's whole wall)."""
     from tooling.bench import compare
 
     params = P.load(params_file)
     res = compare(prepared or Path("data/prepared") / dataset, limit,
-                  _backbone(params, backbone_dir), _featurize(params))
+                  _backbone(params, backbone_dir, attention=attention), _featurize(params))
     device = machine_label()
-    typer.echo(f"featurize benchmark on {device}, {res['real']['pairs']} pairs of {dataset}")
-    typer.echo(f"{'mode':<8}{'wall s':>9}{'pairs/s':>10}{'seq/s':>9}{'fwd tok/s':>11}{'fwd tokens':>12}{'peak RSS MB':>13}")
+    real = res["real"]
+    typer.echo(f"featurize benchmark on {device}, {real['pairs']} pairs of {dataset} "
+               f"({real['dtype']}, real mode's attention: {real['attention']})")
+    typer.echo(f"{'mode':<8}{'wall s':>9}{'pairs/s':>10}{'seq/s':>9}{'fwd tok/s':>11}{'fwd tokens':>12}"
+               f"{'peak RSS MB':>13}{'MFU %':>7}")
     for mode in ("naive", "real"):
         r = res[mode]
+        mfu = f"{100 * r['mfu']:>7.1f}" if r["mfu"] is not None else f"{'-':>7}"
         typer.echo(f"{mode:<8}{r['seconds']:>9.1f}{r['pairs_per_s']:>10.2f}{r['sequences_per_s']:>9.2f}"
-                   f"{r['forward_tokens_per_s']:>11.0f}{r['forward_tokens']:>12}{r['peak_rss_mb']:>13.0f}")
+                   f"{r['forward_tokens_per_s']:>11.0f}{r['forward_tokens']:>12}{r['peak_rss_mb']:>13.0f}{mfu}")
     typer.echo(f"speedup (naive wall / real wall, same pairs): {res['speedup_wall']:.2f}x")
+    if real["mfu"] is not None:
+        typer.echo(f"real mode: {real['model_flops'] / real['forward_tokens'] / 1e9:.2f} GFLOP per token (mean "
+                   f"context {real['mean_context']:.0f}); peak {real['peak_flops'] / 1e12:.0f} TFLOP/s")
+    elif real["device_type"] != "cuda":
+        typer.echo("MFU is not defined on a CPU (no peak FLOP/s figure): compare forward tokens/s")
+    elif real["model_flops"] is None:
+        typer.echo("MFU not computed: the FLOP count is for Llama-family decoders")
+    else:
+        typer.echo(f"MFU not computed: no peak FLOP/s figure for {device} in {real['dtype']}")
     _write_json(json_out, device, res)
 
 
@@ -134,7 +152,7 @@ def sweep_cmd(
 ) -> None:
     """A lambda_div sweep (P points) from the cache against P backbone-in-the-loop trainings.
 
-    Cached: featurize the pairs once, build the pair store once, train the sparse head
+    Cached: featurize the pairs once, build the split stores once, train the sparse head
     for every point from the cache. Naive: every point is a separate training with the
     frozen backbone in the loop (as in `smoe bench train`; there is no cache to reuse).
     Each mode in its own process; prints both walls, per-point train times and the
@@ -176,9 +194,114 @@ def scale_cmd(
     where = machine_label(device)
     typer.echo(f"training benchmark on {where}: sparse MoE, K={experts}, hidden {hidden}, "
                f"{res['train_pairs']} train pairs of a {pairs}-pair cache ({res['cache_gb']:.2f} GB)")
-    typer.echo(f"build pair store {res['build_s']:.1f} s | train {res['train_s']:.1f} s for {epochs} epoch(s) "
+    typer.echo(f"build split stores {res['build_s']:.1f} s | train {res['train_s']:.1f} s for {epochs} epoch(s) "
                f"= {res['pairs_per_s']:.0f} pairs/s | peak RSS {res['peak_rss_mb']:.0f} MB")
     _write_json(json_out, where, res)
+
+
+def scale_pipeline_cmd(
+    pairs: int = typer.Option(36_000, help="Pairs in the synthetic cache (the paper's SHP train set: 36K; "
+                                           "issue 16's paper-scale run: 700000)."),
+    hidden: int = typer.Option(3072, help="State size (GRM-Llama3.2-3B: 3072; small values for tests)."),
+    experts: int = typer.Option(20, help="K: clusters in the cache and experts per head (preference-700K: 20)."),
+    epochs: int = typer.Option(3, help="Training epochs of every head (the paper's 3)."),
+    workdir: Path = typer.Option(None, help="Work folder, new or empty. Default: a fresh folder under params' "
+                                            "scratch_dir, else $TMPDIR. Deleted at the end unless --keep or a "
+                                            "stage failed."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the work folder (cache, stores, outputs, logs, I/O stats)."),
+    params_file: Path = typer.Option(P.PARAMS, "--params", help="The project's params: the work folder's "
+                                                                "params.yaml starts from them."),
+    json_out: Path = typer.Option(None, help="Also write every figure as JSON here (atomically)."),
+) -> None:
+    """The whole pipeline after featurize at paper scale, on a synthetic cache: time,
+    peak memory and I/O of every stage, and issue 16's two targets.
+
+    In a fresh work folder: writes a synthetic cache with cluster structure
+    (data/features/scale: PAIRS pairs, HIDDEN-wide float16 states, EXPERTS clusters,
+    split 0.8/0.1/0.1) and the prepared prompts interpret and evaluate read
+    (data/prepared/scale), a params.yaml with one experiment `scale` (K = EXPERTS,
+    group_by category, lambda_gb 1.0 as the paper for 700K, steer.label category), then
+    runs, each as its own `python -m stages.<name>` process exactly as `dvc repro` does
+    (output in logs/<stage>.log): stores; train single, vanilla, micro, sparse, hyre;
+    interpret vanilla, micro, sparse; evaluate x 5; steer vanilla, micro, sparse;
+    personalize x 5. A line per stage is printed as it finishes.
+
+    Per stage: wall seconds, peak RSS (the stage process's own, via wait4), MiB read from
+    the cache and from the split stores (counted by the readers, pipeline.iostats), MiB
+    written (the kernel's write_bytes: memory-mapped writes and deleted scratch included),
+    wchar (bytes passed to write()) and the outputs' size. Then totals, the cache's size
+    and the ratio cache-bytes-read / cache size; a legend under the table says the same.
+
+    Targets, each printed PASS or FAIL (an unmeasured figure is a FAIL): peak RSS under
+    3 GiB in every stage; all stages together read at most 2x the cache's size from the
+    cache.
+
+    Disk: about twice the cache, pairs x 3 x hidden x 2 bytes x 2 (cache + split stores):
+    ~26 GB at 700000 pairs and hidden 3072, ~1.3 GB at the default 36000; refused up front
+    when the work folder's disk has less free. Time: over an hour at 700000 pairs and 3
+    epochs on the project's 2-core CPU machine when idle, dominated by the five trainings
+    (each 3 x 560K pairs at ~2,400 pairs/s: ~12 min); a machine busy with other jobs is
+    several times slower. Follow a stage with `tail -f <work folder>/logs/<stage>.log`.
+
+    Exit status: 0 all stages ran and both targets pass; 1 a stage failed (named, with the
+    end of its log; the work folder is kept); 3 all stages ran but a target failed."""
+    import shutil
+
+    from pipeline.errors import UserError
+    from tooling import bench_scale as S
+
+    source = P.load(params_file)
+    least, comfortable = S.min_pairs_for(experts, source), S.min_pairs_for(experts, source, headroom=1.2)
+    if pairs < least:
+        raise typer.BadParameter(f"--pairs {pairs} is too few for K={experts}: personalize and steer need a "
+                                 f"cluster to have enough test pairs (min_pairs, the largest adaptation size), and "
+                                 f"on average none would; use at least {least} (better {comfortable}), or fewer "
+                                 f"--experts")
+    if pairs < comfortable:
+        typer.echo(f"warning: with {pairs} pairs and K={experts}, personalize and steer will skip (and count) the "
+                   f"clusters with too few test pairs; {comfortable} pairs or more keep nearly all of them", err=True)
+    where = S.make_workdir(workdir, source.get("scratch_dir"))
+    try:
+        params = S.scale_params(source, workdir=where, pairs=pairs, experts=experts, epochs=epochs)
+        problem = P.schema_problem(params)
+        if problem:
+            raise P.ParamsError(f"the benchmark's params.yaml (from {params_file}): {problem}")
+        need, free = S.estimated_disk_bytes(pairs, hidden), shutil.disk_usage(where).free
+        if free < need:
+            raise UserError(f"{where}: {free / 1e9:.1f} GB free, the benchmark needs ~{need / 1e9:.1f} GB "
+                            f"(cache + split stores); choose another --workdir or fewer --pairs")
+    except BaseException:
+        S.remove_workdir(where)  # made by this call and still empty of results
+        raise
+    device = machine_label("cpu")
+    typer.echo(f"scale benchmark on {device}, commit {S.git_commit()}: {pairs:,} pairs, hidden {hidden}, "
+               f"K={experts}, {epochs} epoch(s), lambda_gb {S.PAPER_LAMBDA_GB:g}, curve every "
+               f"{params['train']['curve_every']} steps")
+    typer.echo(f"work folder {where} (needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB free); "
+               f"each stage's output in {where}/logs/<stage>.log")
+    try:
+        result = S.run(params, where, pairs=pairs, hidden=hidden, experts=experts, epochs=epochs, machine=device,
+                       on_stage=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; work folder kept: {where}", err=True)
+        raise
+    typer.echo("")
+    for line in S.report_lines(result):
+        typer.echo(line)
+    _write_json(json_out, device, result)
+    if result["failed"]:
+        failed = next((s for s in result["stages"] if s["name"] == result["failed"]), result.get("inputs"))
+        typer.echo(f"error: stage {result['failed']!r} failed (exit {failed['returncode']}); its log: "
+                   f"{failed['log']}; last lines:\n{S.log_tail(failed['log'])}", err=True)
+        typer.echo(f"work folder kept: {where}", err=True)
+        raise typer.Exit(1)
+    if keep:
+        typer.echo(f"work folder kept: {where}")
+    else:
+        S.remove_workdir(where)
+        typer.echo(f"work folder removed: {where}")
+    if not all(t["pass"] for t in result["targets"].values()):
+        raise typer.Exit(3)
 
 
 def serve_cmd(

@@ -6,7 +6,7 @@ import typer
 
 from stages import common
 from stages import (adapt, backbone, bench, cache_info, evaluate, featurize, grid, interpret, personalize, prepare,
-                    pull, report, score, seeds, serve, steer, train)
+                    pull, report, score, seeds, serve, steer, stores, train)
 from stages import export, rewardbench
 from stages import data
 from stages import params_schema
@@ -16,6 +16,7 @@ app = typer.Typer(help="smoe-rm: sparse MoE reward models from a cached frozen-b
 app.command("backbone")(backbone.main)
 app.command("prepare")(prepare.main)
 app.command("featurize")(featurize.main)
+app.command("stores")(stores.main)
 app.command("train")(train.main)
 app.command("interpret")(interpret.main)
 app.command("evaluate")(evaluate.main)
@@ -39,7 +40,8 @@ bench_app = typer.Typer(help="Benchmarks, each against its naive counterpart in 
 bench_app.command("featurize")(bench.featurize_cmd)
 bench_app.command("train")(bench.train_cmd)
 bench_app.command("sweep")(bench.sweep_cmd)
-bench_app.command("scale")(bench.scale_cmd)
+bench_app.command("scale")(bench.scale_pipeline_cmd)
+bench_app.command("scale-train")(bench.scale_cmd)
 bench_app.command("serve")(bench.serve_cmd)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data.app, name="data")

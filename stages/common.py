@@ -1,6 +1,7 @@
 """What every stage entry point shares: reading ``params.yaml`` and running as a command.
 
-Deliberately imports nothing from the library but :mod:`pipeline.errors`: each stage
+Deliberately imports nothing from the library but :mod:`pipeline.errors` and
+:mod:`pipeline.iostats` (two small leaves): each stage
 imports the config dataclass it needs itself, so a stage's import closure (and with it
 its DVC deps, checked by ``tests/test_dvc_graph.py``) stays its own.
 
@@ -42,6 +43,7 @@ import typer
 import yaml
 from annotated_types import Ge, Len
 
+from pipeline import iostats
 from pipeline.errors import UserError
 
 T = TypeVar("T")
@@ -426,4 +428,6 @@ def exit_with(app: typer.Typer) -> None:
     except FileNotFoundError as e:
         typer.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(1)
+    if (line := iostats.summary()) is not None:  # how much of the cache / stores this run read
+        typer.echo(line, err=True)
     sys.exit(code if isinstance(code, int) else 0)

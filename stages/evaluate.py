@@ -1,4 +1,4 @@
-"""Stage `evaluate`: one head + its cache -> data/metrics/<experiment>/<variant>.json (key numbers, what
+"""Stage `evaluate`: one head + its split stores -> data/metrics/<experiment>/<variant>.json (key numbers, what
 DVC tracks) + data/predictions/<experiment>/<variant>/ (every metric, per-pair predictions, sample routings)
 + data/plots/eval/<experiment>/<variant>/ (routing heatmap, expert correlation)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cache import FeatureCache
+from pipeline.split_store import SplitStores
 from pipeline.evaluate import evaluate_variant
 from pipeline.models import VARIANTS
 from pipeline.pairs import prompt_texts
@@ -22,7 +22,7 @@ def main(
     experiment: str = typer.Argument(..., help="Experiment name: a key under `experiments` in params.yaml."),
     variant: str = typer.Argument(..., help=f"Variant to evaluate: one of {', '.join(VARIANTS)}."),
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
+    stores: Path = typer.Option(None, help="Split stores (stage `stores`). Default: data/stores/<experiment's dataset>."),
     model: Path = typer.Option(None, help="Trained head. Default: data/models/<experiment>/<variant>."),
     metrics_path: Path = typer.Option(None, "--metrics", help="Key metrics (the DVC metrics file). "
                                                               "Default: data/metrics/<experiment>/<variant>.json."),
@@ -38,17 +38,16 @@ def main(
     P.one_of(variant, VARIANTS)
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
-    cache = FeatureCache(features or Path("data/features") / spec["dataset"])
+    stores = SplitStores(stores or Path("data/stores") / spec["dataset"])
     pairs_path = (prepared or Path("data/prepared") / spec["dataset"]) / "pairs.parquet"
     prompts = prompt_texts(pairs_path) if pairs_path.exists() else None
     predictions = predictions or Path("data/predictions") / experiment / variant
     figures_dir = figures_dir or Path("data/plots/eval") / experiment / variant
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"{variant}.json"
-    with P.staged(metrics_path, predictions, figures_dir) as (new_metrics, new_predictions, new_figures), \
-            P.scratch(params, "smoe-eval-") as scratch:
+    with P.staged(metrics_path, predictions, figures_dir) as (new_metrics, new_predictions, new_figures):
         result = evaluate_variant(
-            cache, model or Path("data/models") / experiment / variant, variant, metrics_path=new_metrics,
-            predictions_dir=new_predictions, scratch=scratch, figures_dir=new_figures, prompts=prompts,
+            stores, model or Path("data/models") / experiment / variant, variant, metrics_path=new_metrics,
+            predictions_dir=new_predictions, figures_dir=new_figures, prompts=prompts,
             extra={"experiment": experiment, "dataset": spec["dataset"]})
     typer.echo(json.dumps({variant: {k: round(result[k], 4) for k in KEYS}}, indent=1))
 

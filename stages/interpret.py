@@ -1,4 +1,4 @@
-"""Stage `interpret`: one trained head + its cache + the prepared prompts ->
+"""Stage `interpret`: one trained head + its split stores + the prepared prompts ->
 data/interpret/<experiment>/<variant>/ (experts.md, experts.json) + data/metrics/<experiment>/interpret-<variant>.json
 (description fidelity and its shuffled baseline, what DVC tracks)."""
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cache import FeatureCache, write_json
+from pipeline.cache import write_json
+from pipeline.split_store import SplitStores
 from pipeline.describers import Connection
 from pipeline.interpret import ROUTED, UNROUTED, InterpretConfig, InterpretError, interpret_variant
 from stages import common as P
@@ -23,7 +24,7 @@ def main(
     variant: str = typer.Argument(..., help=f"Variant to interpret: one of {', '.join(ROUTED)} "
                                             f"({' and '.join(UNROUTED)} have no input-dependent router)."),
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (reads `experiments` and `interpret`)."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
+    stores: Path = typer.Option(None, help="Split stores (stage `stores`). Default: data/stores/<experiment's dataset>."),
     prepared: Path = typer.Option(None, help="Prepared pairs (the prompt texts). "
                                              "Default: data/prepared/<experiment's dataset>/pairs.parquet."),
     model: Path = typer.Option(None, help="Trained head. Default: data/models/<experiment>/<variant>."),
@@ -58,15 +59,15 @@ def main(
         connection = Connection(api_key_env=api_key_env, timeout=timeout, retries=retries)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    cache = FeatureCache(features or Path("data/features") / spec["dataset"])
+    stores = SplitStores(stores or Path("data/stores") / spec["dataset"])
     prepared = prepared or Path("data/prepared") / spec["dataset"] / "pairs.parquet"
     model = model or Path("data/models") / experiment / variant
     out = out or Path("data/interpret") / experiment / variant
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"interpret-{variant}.json"
     # All or nothing: a judge that times out on expert 7 leaves the previous outputs.
-    with P.staged(out, metrics_path) as (new_out, new_metrics), P.scratch(params, "smoe-interpret-") as scratch:
+    with P.staged(out, metrics_path) as (new_out, new_metrics):
         new_out.mkdir()
-        report = interpret_variant(cache, prepared, model, new_out, config, scratch=scratch, connection=connection,
+        report = interpret_variant(stores, prepared, model, new_out, config, connection=connection,
                                    extra={"experiment": experiment, "dataset": spec["dataset"]})
         # flat and finite only, like evaluate's: one `dvc exp show` column per number
         write_json(new_metrics, {k: report[k] for k in KEYS[:2] if math.isfinite(report[k])})

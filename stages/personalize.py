@@ -1,4 +1,4 @@
-"""Stage `personalize`: one head of an experiment + its cache -> data/personalize/<exp>/<variant>/
+"""Stage `personalize`: one head of an experiment + its split stores -> data/personalize/<exp>/<variant>/
 (personalization.json: every result; the adapted heads), data/metrics/<exp>/personalize-<variant>.json
 (key numbers, what DVC tracks) and data/plots/personalize/<exp>/<variant>.csv (Fig. 8's curve)."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from pipeline.adaptation import AdaptConfig
-from pipeline.cache import FeatureCache
+from pipeline.split_store import SplitStores
 from pipeline.personalize import PersonalizeConfig, personalize_variant
 from stages import common as P
 
@@ -40,7 +40,7 @@ def main(
                                             "Default: params experiments.<experiment>.group_by."),
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (reads `experiments.<experiment>` "
                                                                 "and the `personalize:` block)."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<the experiment's dataset>."),
+    stores: Path = typer.Option(None, help="Split stores (stage `stores`). Default: data/stores/<experiment's dataset>."),
     model: Path = typer.Option(None, help="Trained head. Default: data/models/<exp>/<variant>."),
     out: Path = typer.Option(None, help="personalization.json (every result: per n, per group, settings) and the "
                                         "adapted heads, one folder per group. Replaced as a whole. "
@@ -63,15 +63,14 @@ def main(
     if not group_by:
         raise typer.BadParameter(f"experiments.{experiment} has no group_by (the pair column to personalize to, "
                                  f"e.g. user) and --group-by was not given")
-    cache = FeatureCache(features or Path("data/features") / spec["dataset"])
+    stores = SplitStores(stores or Path("data/stores") / spec["dataset"])
     out = out or Path("data/personalize") / experiment / variant
     metrics_path = metrics_path or Path("data/metrics") / experiment / f"personalize-{variant}.json"
     curve = curve or Path("data/plots/personalize") / experiment / f"{variant}.csv"
-    with P.staged(out, metrics_path, curve) as (new_out, new_metrics, new_curve), \
-            P.scratch(params, "smoe-personalize-") as scratch:
+    with P.staged(out, metrics_path, curve) as (new_out, new_metrics, new_curve):
         new_out.mkdir()
-        output = personalize_variant(cache, model or Path("data/models") / experiment / variant, variant, group_by,
-                                     config=config, adapt_config=adapt_config, scratch=scratch, adapted_dir=new_out)
+        output = personalize_variant(stores, model or Path("data/models") / experiment / variant, variant, group_by,
+                                     config=config, adapt_config=adapt_config, adapted_dir=new_out)
         (new_out / "personalization.json").write_text(json.dumps(output.results, indent=2, sort_keys=True) + "\n")
         new_metrics.write_text(json.dumps(output.key_metrics, indent=2, sort_keys=True) + "\n")
         new_curve.write_text(output.curve_csv)

@@ -1,4 +1,4 @@
-"""Stage `steer`: one head of an experiment + its cache -> data/steer/<exp>/<variant>.json (every result),
+"""Stage `steer`: one head of an experiment + its split stores -> data/steer/<exp>/<variant>.json (every result),
 data/metrics/<exp>/steer-<variant>.json (key numbers, what DVC tracks) and
 data/plots/steer/<exp>/<variant>.csv (the Fig. 2 / 7 curves)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cache import FeatureCache
+from pipeline.split_store import SplitStores
 from pipeline.steer import STEERABLE, SteerConfig, SteerError, steer_variant
 from stages import common as P
 
@@ -21,7 +21,7 @@ def main(
                                             "no router). sparse also gets the random-expert baseline."),
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file (reads `experiments.<experiment>` "
                                                                 "and the `steer:` block)."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<the experiment's dataset>."),
+    stores: Path = typer.Option(None, help="Split stores (stage `stores`). Default: data/stores/<experiment's dataset>."),
     model: Path = typer.Option(None, help="Trained head. Default: data/models/<exp>/<variant>."),
     out: Path = typer.Option(None, help="Every result (per attribute, per weight). "
                                         "Default: data/steer/<exp>/<variant>.json."),
@@ -41,9 +41,8 @@ def main(
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     config = P.build(SteerConfig, params.get("steer"), "steer")
-    cache = FeatureCache(features or Path("data/features") / spec["dataset"])
-    with P.scratch(params, "smoe-steer-") as scratch:
-        output = steer_variant(cache, model or Path("data/models") / experiment / variant, variant, config, scratch)
+    stores = SplitStores(stores or Path("data/stores") / spec["dataset"])
+    output = steer_variant(stores, model or Path("data/models") / experiment / variant, variant, config)
     targets = (out or Path("data/steer") / experiment / f"{variant}.json",
                metrics_path or Path("data/metrics") / experiment / f"steer-{variant}.json",
                curve or Path("data/plots/steer") / experiment / f"{variant}.csv")

@@ -1,4 +1,4 @@
-"""Stage `train`: data/features/<dataset> -> data/models/<experiment>/<variant>/ + its curves."""
+"""Stage `train`: data/stores/<dataset> -> data/models/<experiment>/<variant>/ + its curves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from pipeline.backbone import BackboneConfig, source_identity
-from pipeline.cache import FeatureCache
+from pipeline.split_store import SplitStores
 from pipeline.train import VARIANTS, TrainConfig, check_cache_backbone, train_experiment
 from stages import common as P
 
@@ -18,7 +18,7 @@ def main(
     experiment: str = typer.Argument(..., help="Experiment name: a key under `experiments` in params.yaml."),
     variant: str = typer.Argument(..., help=f"Variant to train: one of {', '.join(VARIANTS)}."),
     params_file: Path = typer.Option(P.PARAMS, "--params", help="Params file."),
-    features: Path = typer.Option(None, help="Feature cache. Default: data/features/<experiment's dataset>."),
+    stores: Path = typer.Option(None, help="Split stores (stage `stores`). Default: data/stores/<experiment's dataset>."),
     out: Path = typer.Option(None, help="Head folder. Default: data/models/<experiment>/<variant>."),
     curves: Path = typer.Option(None, help="Training-curve folder. Default: data/plots/train/<experiment>/<variant>."),
     progress: bool = typer.Option(True, help="Report progress (bars on a terminal, periodic lines in a log)."),
@@ -30,18 +30,19 @@ def main(
     params = P.load(params_file)
     spec = P.experiment(params, experiment)
     config = P.build(TrainConfig, P.section(params, "train"), "train")
-    cache = FeatureCache(features or Path("data/features") / spec["dataset"])
+    stores = SplitStores(stores or Path("data/stores") / spec["dataset"])
     backbone = P.build(BackboneConfig, P.section(params, "backbone"), "backbone", ignore=("source",),
                        model=P.section(params, "backbone", "source"))
-    check_cache_backbone(cache.manifest, source_identity(backbone.model, backbone.revision), str(cache.path),
+    check_cache_backbone(stores.cache_manifest, source_identity(backbone.model, backbone.revision),
+                         f"the cache behind {stores.path}",
                          template={"system_prompt": backbone.system_prompt, "template_date": backbone.template_date})
     out = out or Path("data/models") / experiment / variant
     curves = curves or Path("data/plots/train") / experiment / variant
     lambdas = P.lambdas(params, experiment) if variant == "sparse" else {}
     with P.staged(out, curves) as (new_out, new_curves), P.scratch(params, "smoe-train-") as scratch:
-        summary = train_experiment(cache, Path(scratch) / "models", Path(scratch) / "curves", variants=[variant],
+        summary = train_experiment(stores, Path(scratch) / "models", Path(scratch) / "curves", variants=[variant],
                                    num_experts=spec["num_experts"], lambdas=lambdas, config=config,
-                                   scratch=scratch, show_progress=progress,
+                                   show_progress=progress,
                                    extra={"experiment": experiment, "dataset": spec["dataset"]})
         shutil.move(Path(scratch) / "models" / variant, new_out)
         shutil.move(Path(scratch) / "curves" / variant, new_curves)

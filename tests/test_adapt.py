@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.backbone import BackboneConfig, load
 from pipeline.cache import FeatureCache
+from pipeline.split_store import build_stores
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import HeadConfig, RewardHead
 from pipeline.user_prefs import (PreferenceFileError, adapt_model, read_preference_file, report_markdown,
@@ -37,8 +38,8 @@ def trained(tiny_llama, tmp_path_factory) -> Path:
     featurize(prepared, root / "cache", load(BackboneConfig(model=str(tiny_llama))), FeaturizeConfig(dtype="float32"),
               dataset="tiny", show_progress=False)
     models = root / "data" / "models" / "tiny"
-    train_experiment(FeatureCache(root / "cache"), models, root / "curves", variants=["sparse"], num_experts=3,
-                     lambdas=LAMBDAS, config=FAST, scratch=root / "scratch", show_progress=False)
+    train_experiment(build_stores(FeatureCache(root / "cache"), root / "stores"), models, root / "curves",
+                     variants=["sparse"], num_experts=3, lambdas=LAMBDAS, config=FAST, show_progress=False)
     interpret = root / "data" / "interpret" / "tiny" / "sparse"
     interpret.mkdir(parents=True)
     (interpret / "experts.json").write_text(json.dumps(

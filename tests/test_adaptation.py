@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.adaptation import AdaptConfig, adapt, hedge_log_targets, hyre_log_weights
 from pipeline.cache import FeatureCache
+from pipeline.split_store import SplitStores, build_stores
 from pipeline.models import HeadConfig, RewardHead
 from pipeline.personalize import (PersonalizeConfig, PersonalizeError, curve_csv, headline, load_groups,
                                   personalize_head, personalize_variant, split_groups)
@@ -212,26 +213,25 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("personalize")
     cache = FeatureCache(write_synthetic_cache(tmp / "cache", num_pairs=900, hidden_size=12, num_clusters=3,
                                                split_fractions=(0.6, 0.1, 0.3), seed=5))
-    train_experiment(cache, tmp / "models", tmp / "curves", variants=["single", "vanilla", "sparse", "hyre"],
+    stores = build_stores(cache, tmp / "stores")
+    train_experiment(stores, tmp / "models", tmp / "curves", variants=["single", "vanilla", "sparse", "hyre"],
                      num_experts=3, lambdas={"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0},
-                     config=TrainConfig(epochs=1, batch_size=32, hyre_heads=4), scratch=tmp / "s",
-                     show_progress=False)
+                     config=TrainConfig(epochs=1, batch_size=32, hyre_heads=4), show_progress=False)
     (tmp / "interpret" / "sparse").mkdir(parents=True)
     (tmp / "interpret" / "sparse" / "experts.json").write_text(
         json.dumps({"experts": [{"id": k, "description": f"topic {k}"} for k in range(3)]}))
-    return cache, tmp / "models", tmp / "interpret"
+    return stores, tmp / "models", tmp / "interpret"
 
 
 CONFIG = PersonalizeConfig(sizes=[4, 16], seeds=[0, 1], min_pairs=20)  # the synthetic groups are small
 
 
 def test_personalize_variant_results_heads_key_numbers_and_curve(trained, tmp_path):
-    cache, models, interpret = trained
+    stores, models, interpret = trained
     results, keys = {}, {}
     for name in ("single", "sparse", "hyre"):
-        output = personalize_variant(cache, models / name, name, "category", config=CONFIG,
-                                     adapt_config=AdaptConfig(epochs=3), scratch=tmp_path / "s" / name,
-                                     adapted_dir=tmp_path / "adapted" / name)
+        output = personalize_variant(stores, models / name, name, "category", config=CONFIG,
+                                     adapt_config=AdaptConfig(epochs=3), adapted_dir=tmp_path / "adapted" / name)
         assert set(output.results) == {name, "settings"}
         assert output.results["settings"]["group_by"] == "category" and output.results["settings"]["variant"] == name
         assert output.results["settings"]["sizes"] == [4, 16] and output.results["settings"]["adaptation"]["epochs"] == 3
@@ -268,23 +268,22 @@ def test_personalize_variant_results_heads_key_numbers_and_curve(trained, tmp_pa
     adapted = RewardHead.load(tmp_path / "adapted" / "sparse" / "cluster0")
     assert adapted.config.extra["group"] == "cluster0" and adapted.config.extra["adaptation_pairs"] == 16
     with pytest.raises(PersonalizeError, match="needs a 'user' value"):
-        personalize_variant(cache, models / "sparse", "sparse", "user", config=CONFIG, adapt_config=AdaptConfig(),
-                            scratch=tmp_path / "s3")
+        personalize_variant(stores, models / "sparse", "sparse", "user", config=CONFIG, adapt_config=AdaptConfig())
 
 
 def test_variants_personalized_separately_match_personalized_together(trained, tmp_path):
     """The split and the draws depend only on the data and the seeds: each variant in its own
     run, in any order or subset, gets the numbers the one run over all variants gave."""
-    cache, models, _ = trained
+    stores, models, _ = trained
     names = ["single", "vanilla", "sparse", "hyre"]
     adapt_config = AdaptConfig(epochs=2)
     # together, as the single personalize run did: one split of the data shared by every head in turn
-    x, groups, _ = load_groups(cache, "category", CONFIG, tmp_path / "together")
+    x, groups, _ = load_groups(stores, "category", CONFIG)
     together = {name: personalize_head(RewardHead.load(models / name), x, groups, CONFIG, adapt_config) for name in names}
     for order in (names[::-1], ["sparse"], ["hyre", "single"]):
-        for name in order:  # a fresh run (own scratch, own states) per variant
-            output = personalize_variant(cache, models / name, name, "category", config=CONFIG,
-                                         adapt_config=adapt_config, scratch=tmp_path / f"{name}-{len(order)}")
+        for name in order:  # a fresh run (stores opened anew, own states) per variant
+            output = personalize_variant(SplitStores(stores.path), models / name, name, "category", config=CONFIG,
+                                         adapt_config=adapt_config)
             separate = {k: v for k, v in output.results[name].items() if k not in ("method", "skipped_groups")}
             assert separate == together[name], (name, order)
             assert output.results[name]["skipped_groups"] == {}
@@ -313,13 +312,13 @@ def test_stage_splits_the_params_block():
 
 
 def test_stage_writes_the_variant_folder_metrics_and_curve_or_nothing(trained, tmp_path):
-    cache, models, interpret = trained
+    stores, models, interpret = trained
     app = typer.Typer()
     app.command()(stage.main)
     out = tmp_path / "personalize/syn/sparse"
     paths = {"--out": out, "--metrics": tmp_path / "metrics/syn/personalize-sparse.json",
              "--curve": tmp_path / "plots/personalize/syn/sparse.csv"}
-    args = ["syn", "sparse", "--features", str(cache.path), "--model", str(models / "sparse")]
+    args = ["syn", "sparse", "--stores", str(stores.path), "--model", str(models / "sparse")]
     args += [x for option, path in paths.items() for x in (option, str(path))]
     params = dict(sizes=[4, 16], seeds=[0, 1], epochs=2, min_pairs=20)
 
@@ -332,8 +331,8 @@ def test_stage_writes_the_variant_folder_metrics_and_curve_or_nothing(trained, t
     result = CliRunner().invoke(app, args + ["--group-by", "category", "--params", _params(tmp_path, **params)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["cluster0", "cluster1", "cluster2", "personalization.json"]
-    expected = personalize_variant(cache, models / "sparse", "sparse", "category", config=CONFIG,
-                                   adapt_config=AdaptConfig(epochs=2), scratch=tmp_path / "s")
+    expected = personalize_variant(stores, models / "sparse", "sparse", "category", config=CONFIG,
+                                   adapt_config=AdaptConfig(epochs=2))
     assert json.loads((out / "personalization.json").read_text()) == expected.results
     assert json.loads(paths["--metrics"].read_text()) == expected.key_metrics
     assert paths["--curve"].read_text() == expected.curve_csv

@@ -78,9 +78,10 @@ def test_naive_states_are_the_cached_states(tiny_llama, prepared, tmp_path):
                                                       ("pair_id", "chosen_id", "rejected_id", "prompt_state_id")))}
     for i, row in enumerate(rows):
         c, r, s = by_pair[row["pair_id"]]
-        np.testing.assert_allclose(chosen[i].numpy(), states[c][0], rtol=1e-2, atol=1e-2)
-        np.testing.assert_allclose(rejected[i].numpy(), states[r][0], rtol=1e-2, atol=1e-2)
-        np.testing.assert_allclose(prompt[i].numpy(), states[s][1], rtol=1e-2, atol=1e-2)
+        assert s != c and s != r  # the router input is its own (prompt) state, not a response's
+        np.testing.assert_allclose(chosen[i].numpy(), states[c], rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(rejected[i].numpy(), states[r], rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(prompt[i].numpy(), states[s], rtol=1e-2, atol=1e-2)
 
 
 def test_featurize_comparison(tiny_llama, prepared):

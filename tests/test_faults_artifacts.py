@@ -1,9 +1,9 @@
-"""Fault injection, artifact half: damaged feature caches and heads, and killed runs.
+"""Fault injection, artifact half: damaged feature caches, split stores and heads, and killed runs.
 
-Every stage and command that reads a cache (train, evaluate, interpret, steer,
-personalize) or loads a head (those four, `smoe score`, `smoe adapt`) is run for real,
-in-process through the same runner as `python -m stages.<name>`, against a corrupt,
-truncated, missing or foreign file. Each case asserts three things:
+Every stage and command that reads a cache (stores), split stores (train, evaluate,
+interpret, steer, personalize) or loads a head (those four, `smoe score`, `smoe adapt`)
+is run for real, in-process through the same runner as `python -m stages.<name>`, against
+a corrupt, truncated, missing or foreign file. Each case asserts three things:
 
 1. the exit code is 1 (a user-fixable problem, not a crash);
 2. stderr is ONE line, and it names the damaged file;
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import cache
+from pipeline import cache, iostats
 from pipeline.models import HeadConfig, RewardHead
 from tests.faults import assert_refused, invoke, snapshot
 from tooling.synthetic_cache import write_synthetic_cache
@@ -72,7 +72,7 @@ def world(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for module, args in [("train", [EXP, "vanilla"]), ("evaluate", [EXP, "vanilla"]),
+        for module, args in [("stores", ["syn"]), ("train", [EXP, "vanilla"]), ("evaluate", [EXP, "vanilla"]),
                              ("interpret", [EXP, "vanilla"]), ("steer", [EXP, "vanilla"]),
                              ("personalize", [EXP, "vanilla"])]:
             code = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=root,
@@ -83,22 +83,27 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-# Each stage, the arguments that point it at a given cache and head, and its outputs.
-def stage_runs(root: Path, features: Path, model: Path) -> dict[str, tuple[list[str], list[Path]]]:
+# Each stage after `stores`, the arguments that point it at given split stores and head, and its outputs.
+def stage_runs(root: Path, stores: Path, model: Path) -> dict[str, tuple[list[str], list[Path]]]:
     d = root / "data"
     return {
-        "train": ([EXP, "vanilla", "--features", str(features)],
+        "train": ([EXP, "vanilla", "--stores", str(stores)],
                   [d / "models" / EXP / "vanilla", d / "plots/train" / EXP / "vanilla"]),
-        "evaluate": ([EXP, "vanilla", "--features", str(features), "--model", str(model)],
+        "evaluate": ([EXP, "vanilla", "--stores", str(stores), "--model", str(model)],
                      [d / "metrics" / EXP / "vanilla.json", d / "predictions" / EXP / "vanilla",
                       d / "plots/eval" / EXP / "vanilla"]),
-        "interpret": ([EXP, "vanilla", "--features", str(features), "--model", str(model)],
+        "interpret": ([EXP, "vanilla", "--stores", str(stores), "--model", str(model)],
                       [d / "interpret" / EXP / "vanilla", d / "metrics" / EXP / "interpret-vanilla.json"]),
-        "steer": ([EXP, "vanilla", "--features", str(features), "--model", str(model)],
+        "steer": ([EXP, "vanilla", "--stores", str(stores), "--model", str(model)],
                   [d / "steer" / EXP / "vanilla.json", d / "metrics" / EXP / "steer-vanilla.json"]),
-        "personalize": ([EXP, "vanilla", "--features", str(features), "--model", str(model)],
+        "personalize": ([EXP, "vanilla", "--stores", str(stores), "--model", str(model)],
                         [d / "personalize" / EXP / "vanilla", d / "metrics" / EXP / "personalize-vanilla.json"]),
     }
+
+
+# The splits each stage reads (a vanilla head: it has a router, so evaluate reads validation too).
+SPLITS_READ = {"train": ("train", "validation"), "evaluate": ("test", "validation"),
+               "interpret": ("validation", "test"), "steer": ("validation", "test"), "personalize": ("test",)}
 
 
 def flip(path: Path) -> None:
@@ -110,11 +115,11 @@ def flip(path: Path) -> None:
 def rewrite_rows(path: Path) -> None:
     """Valid Parquet with other (finite) values: only the checksum can tell."""
     table = pq.read_table(path)
-    state = table.column("response_state").combine_chunks()
+    state = table.column("state").combine_chunks()
     values = np.asarray(state.flatten().to_numpy(zero_copy_only=False)).copy()
     values[: 8 * 20] = 0.5
     vec = pa.FixedSizeListArray.from_arrays(pa.array(values, type=state.type.value_type), state.type.list_size)
-    pq.write_table(table.set_column(table.schema.get_field_index("response_state"), "response_state", vec), path)
+    pq.write_table(table.set_column(table.schema.get_field_index("state"), "state", vec), path)
 
 
 def foreign_shard(path: Path) -> None:
@@ -138,36 +143,80 @@ CACHE_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", sorted(CACHE_FAULTS))
-def test_every_cache_reader_refuses_a_damaged_cache(world, tmp_path, capsys, monkeypatch, fault):
+def test_the_cache_reader_refuses_a_damaged_cache(world, tmp_path, capsys, monkeypatch, fault):
+    """`stores` is the only stage that reads the cache."""
     monkeypatch.chdir(world)
     member, damage = CACHE_FAULTS[fault]
     features = tmp_path / "features"
     shutil.copytree(world / "data/features/syn", features)
     damage(features / member)
     named = str(features if fault == "missing manifest" else features / member)
+    outputs = [world / "data/stores/syn"]
+    before = snapshot(*outputs)
+    code, err = invoke("stores", ["syn", "--features", str(features)], capsys)
+    assert_refused(code, err, named, before, *outputs, only_line=False)
+    if fault != "missing manifest":
+        assert "featurize" in err or "checkout" in err, f"no way to recover in: {err}"
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+# fault name -> (file inside the stores folder to damage, how); "{split}" is a split the stage reads
+STORE_FAULTS = {
+    "corrupt states": ("{split}.f16", flip),
+    "truncated states": ("{split}.f16", truncate),
+    "missing states": ("{split}.f16", Path.unlink),
+    "corrupt index": ("{split}.parquet", flip),
+    "corrupt moments": ("{split}.moments.npy", flip),
+    "damaged manifest": ("manifest.json", lambda p: p.write_text(p.read_text()[:-10])),
+    "missing checksums": ("checksums.json", Path.unlink),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(STORE_FAULTS))
+def test_every_stores_reader_refuses_damaged_stores(world, tmp_path, capsys, monkeypatch, fault):
+    monkeypatch.chdir(world)
+    template, damage = STORE_FAULTS[fault]
     model = world / "data/models" / EXP / "vanilla"
-    for module, (args, outputs) in stage_runs(world, features, model).items():
+    for module, (args, outputs) in stage_runs(world, tmp_path / "stores", model).items():
+        shutil.rmtree(tmp_path / "stores", ignore_errors=True)
+        shutil.copytree(world / "data/stores/syn", tmp_path / "stores")
+        member = tmp_path / "stores" / template.format(split=SPLITS_READ[module][0])
+        damage(member)
         before = snapshot(*outputs)
         code, err = invoke(module, args, capsys)
-        assert_refused(code, err, named, before, *outputs, only_line=False)
-        if fault != "missing manifest":
-            assert "featurize" in err or "checkout" in err, f"{module}: no way to recover in: {err}"
+        assert_refused(code, err, str(member), before, *outputs, only_line=False)
+        assert "dvc repro stores@stores" in err or "checkout" in err, f"{module}: no way to recover in: {err}"
 
 
-def test_cache_checksums_are_read_once_per_process(world, tmp_path, monkeypatch):
-    """The hot path pays for a checksum once per file per process, however many passes."""
-    from pipeline import integrity
-    from pipeline.split_store import SplitStore
-
-    features = tmp_path / "features"
-    shutil.copytree(world / "data/features/syn", features)
-    hashed = []
-    original = integrity.sha256_file
-    monkeypatch.setattr(integrity, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or original(p, *a))
-    c = cache.FeatureCache(features)
-    for split in ("train", "validation", "test", "train"):
-        SplitStore.build(c, split, tmp_path / "s")
-    assert sorted(hashed) == sorted([cache.PAIRS] + [s["file"] for s in c.manifest["shards"]])
+def test_the_cache_is_read_once_and_no_later_stage_reads_it(world, tmp_path, capsys, monkeypatch):
+    """Issue 16's bound: `stores` reads every byte of the cache exactly once (each file is
+    hashed from the bytes it parses); the stages after it read no byte of the cache, and
+    each split store they use at most twice (its checksum, then one pass) -- train once
+    per epoch instead (the standardization moments come with the stores)."""
+    monkeypatch.chdir(world)
+    features = world / "data/features/syn"
+    cache_bytes = sum(p.stat().st_size for p in [features / cache.PAIRS, *features.glob("shards/*.parquet")])
+    iostats._read.clear()
+    code, err = invoke("stores", ["syn", "--out", str(tmp_path / "stores")], capsys)
+    assert code == 0, err
+    assert iostats.read_bytes() == {"cache": cache_bytes}
+    assert f"read {cache_bytes / 2**20:,.1f} MiB from the cache" in err  # the stage says so in its log
+    size = {p.name: p.stat().st_size for p in (tmp_path / "stores").iterdir()}
+    epochs = yaml.safe_load((world / "params.yaml").read_text())["train"]["epochs"]
+    for module, (args, outputs) in stage_runs(world, tmp_path / "stores", world / "data/models" / EXP / "vanilla").items():
+        iostats._read.clear()
+        code, err = invoke(module, [*args, *(["--out", str(tmp_path / "m"), "--curves", str(tmp_path / "c")]
+                                             if module == "train" else [])], capsys)
+        assert code == 0, err
+        read = iostats.read_bytes()
+        assert "cache" not in read, module
+        passes = {"train": 1 + epochs, "validation": 1 + epochs} if module == "train" else {}
+        bound = sum(passes.get(split, 2) * size[f"{split}.f16"] + size[f"{split}.parquet"]
+                    + size[f"{split}.moments.npy"] for split in SPLITS_READ[module])
+        assert 0 < read["stores"] <= bound, (module, read, bound)
 
 
 def test_cache_from_another_chat_template_is_refused_before_training(world, tmp_path, capsys, monkeypatch):
@@ -175,7 +224,7 @@ def test_cache_from_another_chat_template_is_refused_before_training(world, tmp_
     params = yaml.safe_load((world / "params.yaml").read_text())
     params["backbone"]["system_prompt"] = "You are a pirate."
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args, outputs = stage_runs(world, world / "data/features/syn", Path())["train"]
+    args, outputs = stage_runs(world, world / "data/stores/syn", Path())["train"]
     before = snapshot(*outputs)
     code, err = invoke("train", [*args, "--params", str(tmp_path / "params.yaml")], capsys)
     assert_refused(code, err, "backbone.system_prompt: cache None, params.yaml 'You are a pirate.'", before, *outputs,
@@ -215,7 +264,7 @@ def test_every_head_loader_refuses_a_damaged_head(world, tmp_path, capsys, monke
     shutil.copytree(world / "data/models" / EXP / "vanilla", model)
     damage(model)
     named = str(model / member) if fault != "missing weights" else str(model)
-    runs = stage_runs(world, world / "data/features/syn", model)
+    runs = stage_runs(world, world / "data/stores/syn", model)
     del runs["train"]
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "hi", "response": "there"}) + "\n")
@@ -284,7 +333,7 @@ KILL_AT = {"train": ("train vanilla: ", {"epochs": 400}), "evaluate": (None, {})
 
 @pytest.mark.parametrize("module", sorted(KILL_AT))
 def test_sigkill_mid_stage_keeps_the_previous_outputs_and_the_next_run_completes(world, tmp_path, module):
-    args, outputs = stage_runs(world, world / "data/features/syn", world / "data/models" / EXP / "vanilla")[module]
+    args, outputs = stage_runs(world, world / "data/stores/syn", world / "data/models" / EXP / "vanilla")[module]
     marker, train_overrides = KILL_AT[module]
     params = yaml.safe_load((world / "params.yaml").read_text())
     params["train"].update(train_overrides)
@@ -331,13 +380,13 @@ def test_sigkill_mid_score_keeps_the_previous_output(tiny_llama, tmp_path):
     assert not list(tmp_path.glob(".scored.jsonl.staging-*"))
 
 
-def test_scratch_dir_param_places_the_split_stores_and_a_missing_one_is_refused(world, tmp_path, capsys,
-                                                                                 monkeypatch):
-    from pipeline import train as train_module
+def test_scratch_dir_param_places_train_scratch_and_a_missing_one_is_refused(world, tmp_path, capsys,
+                                                                             monkeypatch):
+    from stages import train as train_stage
 
     monkeypatch.chdir(world)
     params = yaml.safe_load((world / "params.yaml").read_text())
-    args, outputs = stage_runs(world, world / "data/features/syn", Path())["train"]
+    args, outputs = stage_runs(world, world / "data/stores/syn", Path())["train"]
     params["scratch_dir"] = str(tmp_path / "absent")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     before = snapshot(*outputs)
@@ -348,9 +397,9 @@ def test_scratch_dir_param_places_the_split_stores_and_a_missing_one_is_refused(
     params["scratch_dir"] = str(tmp_path / "scratch")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     used = []
-    build = train_module.SplitStore.build
-    monkeypatch.setattr(train_module.SplitStore, "build",
-                        lambda cache_, split, scratch, **kw: used.append(Path(scratch)) or build(cache_, split, scratch, **kw))
+    train = train_stage.train_experiment
+    monkeypatch.setattr(train_stage, "train_experiment",
+                        lambda stores, models, curves, **kw: used.append(Path(models)) or train(stores, models, curves, **kw))
     code, err = invoke("train", [*args, "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "head"),
                                  "--curves", str(tmp_path / "curves")], capsys)
     assert code == 0, err

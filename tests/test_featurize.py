@@ -78,13 +78,16 @@ def test_cached_vectors_equal_model_states(tiny_llama, tmp_path):
     backbone = load(BackboneConfig(model=str(tiny_llama)))
     featurize(prepared, tmp_path / "out", backbone, FeaturizeConfig(dtype="float32", token_budget=256),
               show_progress=False)
-    states = cache.FeatureCache(tmp_path / "out").states()
+    c = cache.FeatureCache(tmp_path / "out")
+    states = c.states()
+    prompt_of = {p["rejected_id"]: p["prompt_state_id"] for p in c.pairs().to_pylist()}
     for row in rows:
         messages = pairs.as_messages(row["prompt"])
         enc = backbone.encode(messages, row["rejected"])
         with torch.inference_mode():
             h = backbone.model(input_ids=torch.tensor([enc.prefix + enc.response])).last_hidden_state[0]
-        response_state, prompt_state = states[pairs.sequence_id(messages, row["rejected"])]
+        sid = pairs.sequence_id(messages, row["rejected"])
+        response_state, prompt_state = states[sid], states[prompt_of[sid]]
         np.testing.assert_allclose(response_state, h[-1].numpy(), atol=1e-5, rtol=1e-4)
         np.testing.assert_allclose(prompt_state, h[len(enc.prefix) - 1].numpy(), atol=1e-5, rtol=1e-4)
 
@@ -230,7 +233,58 @@ def test_manifest_has_required_fields_and_verifies(tiny_llama, tmp_path):
     c = cache.FeatureCache(tmp_path / "out")
     assert c.verify() == []
     t = pq.read_table(c.shard_paths()[0])
-    assert t.schema.field("response_state").type.equals(pa.list_(pa.float16(), 32))
+    assert t.schema.equals(cache.shard_schema(32, "float16"))
+
+
+def test_prompt_states_are_stored_once_per_prompt(tiny_llama, tmp_path):
+    """12 prompts with 4 responses each (3 pairs per prompt); at most 2 responses per row
+    and small shards, so each prompt is computed in 2 rows, some across shards: still one
+    stored prompt state per prompt, shared by all its pairs, equal to the standalone
+    forward pass at the end of the prompt."""
+    rows = many_rows(12, 3)
+    prepared = write_prepared(tmp_path / "prep", rows)
+    backbone = load(BackboneConfig(model=str(tiny_llama)))
+    config = FeaturizeConfig(dtype="float32", max_responses_per_row=2, shard_max_sequences=7)
+    m = featurize(prepared, tmp_path / "out", backbone, config, show_progress=False)
+    c = cache.FeatureCache(tmp_path / "out")
+    assert len(m["shards"]) > 2 and m["num_sequences"] == 48 and m["num_prompt_states"] == 12
+    kinds = pa.concat_tables(pq.read_table(p, columns=["state_id", "kind"]) for p in c.shard_paths())
+    prompt_ids = [s for s, k in zip(kinds.column("state_id").to_pylist(), kinds.column("kind").to_pylist())
+                  if k == "prompt"]
+    assert len(prompt_ids) == len(set(prompt_ids)) == 12
+    by_prompt: dict[str, set[str]] = {}
+    table = c.pairs().to_pylist()
+    prepared_rows = pq.read_table(prepared).to_pylist()
+    text = {r["pair_id"]: r["prompt"] for r in prepared_rows}
+    for pair in table:
+        by_prompt.setdefault(json.dumps(text[pair["pair_id"]]), set()).add(pair["prompt_state_id"])
+    assert len(by_prompt) == 12 and all(len(ids) == 1 for ids in by_prompt.values())
+    assert {i for ids in by_prompt.values() for i in ids} == set(prompt_ids)
+    states = c.states()
+    for pair in table[:6]:
+        messages = pairs.as_messages(text[pair["pair_id"]])
+        enc = backbone.encode(messages, "x")
+        with torch.inference_mode():
+            h = backbone.model(input_ids=torch.tensor([enc.prefix])).last_hidden_state[0]
+        np.testing.assert_allclose(states[pair["prompt_state_id"]], h[-1].numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_a_cache_of_the_old_format_is_refused_and_featurize_rebuilds_it(tiny_llama, tmp_path, monkeypatch):
+    prepared = write_prepared(tmp_path / "prep", many_rows(3, 1))
+    backbone = load(BackboneConfig(model=str(tiny_llama)))
+    featurize(prepared, tmp_path / "out", backbone, FeaturizeConfig(), dataset="tiny", show_progress=False)
+    manifest_path = tmp_path / "out" / "manifest.json"
+    old = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**old, "format_version": 1}))
+    with pytest.raises(cache.CacheError, match=r"cache format 1, this code reads format 2 .*rebuild it with "
+                                               r"`dvc repro --force featurize@tiny` or `smoe featurize`"):
+        cache.FeatureCache(tmp_path / "out")
+    calls = []
+    original = backbone.embed_rows
+    monkeypatch.setattr(backbone, "embed_rows", lambda rows, **kw: calls.append(rows) or original(rows, **kw))
+    featurize(prepared, tmp_path / "out", backbone, FeaturizeConfig(), dataset="tiny", show_progress=False)
+    assert calls  # nothing of the old format was trusted
+    assert cache.FeatureCache(tmp_path / "out").manifest["format_version"] == cache.FORMAT_VERSION
 
 
 def test_smoe_cache_info_exit_code_names_a_corrupt_shard(tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ from pipeline import interpret as I
 from pipeline import metrics
 from pipeline.backbone import BackboneConfig, load
 from pipeline.cache import FeatureCache
+from pipeline.split_store import build_stores
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.train import TrainConfig, train_experiment
 from stages import common as P
@@ -421,7 +422,7 @@ def test_openai_timeout_fails_quickly_naming_the_expert(stub):
 
 @pytest.fixture(scope="module")
 def topic_run(tiny_llama, tmp_path_factory):
-    """A tiny-Llama cache of baking and law prompts (with categories) and two trained heads."""
+    """A tiny-Llama cache of baking and law prompts (with categories), its split stores and two trained heads."""
     root = tmp_path_factory.mktemp("interpret")
     rows = []
     for topic, prompts in (("baking", BAKING), ("law", LAW)):
@@ -434,19 +435,19 @@ def topic_run(tiny_llama, tmp_path_factory):
     backbone = load(BackboneConfig(model=str(tiny_llama)))
     featurize(prepared, root / "cache", backbone, FeaturizeConfig(dtype="float32"), dataset="tiny",
               show_progress=False)
-    cache = FeatureCache(root / "cache")
+    stores = build_stores(FeatureCache(root / "cache"), root / "stores")
     config = TrainConfig(epochs=2, batch_size=8, block_pairs=64, router_hidden=16, hyre_heads=2)
-    train_experiment(cache, root / "models", root / "curves", variants=["single", "sparse"], num_experts=2,
+    train_experiment(stores, root / "models", root / "curves", variants=["single", "sparse"], num_experts=2,
                      lambdas={"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0}, config=config,
-                     scratch=root / "scratch", show_progress=False)
-    return root, cache, prepared
+                     show_progress=False)
+    return root, stores, prepared
 
 
 def test_interpret_variant_writes_the_expert_table(topic_run, tmp_path):
-    root, cache, prepared = topic_run
+    root, stores, prepared = topic_run
     config = I.InterpretConfig(per_stratum=5)
-    report = I.interpret_variant(cache, prepared, root / "models" / "sparse", tmp_path / "sparse", config,
-                                 scratch=tmp_path / "s", extra={"experiment": "tiny"})
+    report = I.interpret_variant(stores, prepared, root / "models" / "sparse", tmp_path / "sparse", config,
+                                 extra={"experiment": "tiny"})
     data = json.loads((tmp_path / "sparse" / "experts.json").read_text())
     assert data == json.loads(json.dumps(report))
     assert data["num_experts"] == 2 and len(data["experts"]) == 2 and data["variant"] == "sparse"
@@ -466,21 +467,20 @@ def test_interpret_variant_writes_the_expert_table(topic_run, tmp_path):
     assert [line.split("|")[1].strip() for line in table if line.startswith("| ") and line[2].isdigit()] == ["0", "1"]
     # a single head has nothing to interpret: an error naming why, nothing written
     with pytest.raises(I.InterpretError, match="single-expert head has no routing"):
-        I.interpret_variant(cache, prepared, root / "models" / "single", tmp_path / "single", config,
-                            scratch=tmp_path / "s2")
+        I.interpret_variant(stores, prepared, root / "models" / "single", tmp_path / "single", config)
     assert not (tmp_path / "single").exists()
 
 
 def test_interpret_stage_command(topic_run, tmp_path):
     from stages import interpret as stage
 
-    root, cache, prepared = topic_run
+    root, stores, prepared = topic_run
     params = tmp_path / "params.yaml"
 
     def invoke(interpret: dict, *extra: str):
         params.write_text(yaml.safe_dump({"experiments": {"tiny": {"dataset": "tiny", "num_experts": 2}},
                                           "interpret": interpret}))
-        return CliRunner().invoke(app, ["tiny", "sparse", "--params", str(params), "--features", str(cache.path),
+        return CliRunner().invoke(app, ["tiny", "sparse", "--params", str(params), "--stores", str(stores.path),
                                         "--model", str(root / "models" / "sparse"), "--prepared", str(prepared),
                                         "--out", str(out), "--metrics", str(metrics_path), *extra])
 

@@ -59,7 +59,7 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
     # Under dvc repro stderr is not a terminal: progress comes as periodic lines (every
     # line here, with the interval at 0), not as a carriage-return bar.
     out = sh(["dvc", "repro"], repo, env={**os.environ, "SMOE_PROGRESS_INTERVAL": "0"})
-    for stage in ("backbone", "prepare@categories", "featurize@users"):
+    for stage in ("backbone", "prepare@categories", "featurize@users", *(f"stores@{d}" for d in EXPERIMENTS)):
         assert f"Running stage '{stage}'" in out
     featurize_log = out[out.index("Running stage 'featurize@categories'"):out.index("Running stage 'featurize@attributes'")]
     progress_lines = re.findall(PROGRESS_LINE, featurize_log)
@@ -68,6 +68,10 @@ def test_repro_share_pull_sweep_and_verify(tmp_path):
         manifest = json.loads((repo / "data" / "features" / dataset / "manifest.json").read_text())
         assert manifest["num_pairs"] > 0 and manifest["hidden_size"] == 32
         assert sh(["smoe", "cache", "info", f"data/features/{dataset}"], repo).count("ok:") == 1
+        # the stores stage laid out every split of the cache; the stages after it read only these
+        stores = json.loads((repo / "data" / "stores" / dataset / "manifest.json").read_text())
+        assert {k: v["pairs"] for k, v in stores["splits"].items()} == manifest["pairs_by_split"]
+        assert stores["cache"]["pairs_sha256"] == manifest["pairs_sha256"]
 
     again = sh(["dvc", "repro"], repo)
     assert "Running stage" not in again and "up to date" in again

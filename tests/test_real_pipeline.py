@@ -42,12 +42,14 @@ def test_real_slice_prepare_featurize_train_evaluate(tmp_path):
     run(["git", "init", "-q"], repo, env)
 
     out = run(["dvc", "--cd", "real", "repro", "evaluate@auto-j-single", "evaluate@auto-j-sparse"], repo, env)
-    for stage in ("prepare@auto-j", "featurize@auto-j", "train-sparse@auto-j", "evaluate@auto-j-sparse"):
+    for stage in ("prepare@auto-j", "featurize@auto-j", "stores@auto-j", "train-sparse@auto-j", "evaluate@auto-j-sparse"):
         assert f"Running stage '{stage}'" in out, out
     manifest = json.loads((repo / "real/data/prepared/auto-j/manifest.json").read_text())
     assert manifest["num_pairs"] == 48 + 16 + 16 and manifest["dropped"]["tie"] > 0  # ties are counted drops
     cache = json.loads((repo / "real/data/features/auto-j/manifest.json").read_text())
     assert cache["num_pairs"] > 0 and cache["hidden_size"] == 32
+    stores = json.loads((repo / "real/data/stores/auto-j/manifest.json").read_text())  # what train/evaluate read
+    assert {k: v["pairs"] for k, v in stores["splits"].items()} == cache["pairs_by_split"]
     metrics = json.loads((repo / "real/data/predictions/auto-j/sparse/metrics.json").read_text())
     assert metrics["num_experts"] == 9 and 0.0 <= metrics["accuracy"] <= 1.0
     assert "category_coverage" in metrics  # the scenario groups are the categories

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from pipeline import metrics
 from pipeline.cache import FeatureCache
+from pipeline.split_store import build_stores
 from pipeline.steer import (SteerConfig, SteerError, curve_csv, headline, random_baseline, steer_attributes,
                             steer_variant, summarize)
 from pipeline.train import TrainConfig, train_experiment
@@ -140,17 +141,18 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("steer")
     cache = FeatureCache(write_synthetic_cache(tmp / "cache", num_pairs=900, hidden_size=12, num_clusters=3,
                                                split_fractions=(0.6, 0.2, 0.2), seed=7))
-    train_experiment(cache, tmp / "models", tmp / "curves", variants=["single", "vanilla", "sparse"], num_experts=3,
+    stores = build_stores(cache, tmp / "stores")
+    train_experiment(stores, tmp / "models", tmp / "curves", variants=["single", "vanilla", "sparse"], num_experts=3,
                      lambdas={"lambda_ls": 0.5, "lambda_gb": 0.5, "lambda_div": 2.0},
-                     config=TrainConfig(epochs=2, batch_size=32), scratch=tmp / "s", show_progress=False)
-    return cache, tmp / "models"
+                     config=TrainConfig(epochs=2, batch_size=32), show_progress=False)
+    return cache, stores, tmp / "models"
 
 
-def test_steer_variant_results_key_numbers_and_curve(trained, tmp_path):
-    cache, models = trained
+def test_steer_variant_results_key_numbers_and_curve(trained):
+    cache, stores, models = trained
     config = SteerConfig(label="category", top_n=30, random_repeats=3)
-    vanilla = steer_variant(cache, models / "vanilla", "vanilla", config, tmp_path / "s1")
-    sparse = steer_variant(cache, models / "sparse", "sparse", config, tmp_path / "s2")
+    vanilla = steer_variant(stores, models / "vanilla", "vanilla", config)
+    sparse = steer_variant(stores, models / "sparse", "sparse", config)
     assert set(vanilla.results) == {"vanilla", "settings"}  # the random baseline is sparse's only
     assert set(sparse.results) == {"sparse", "random", "settings"}
     assert sparse.results["settings"] == {"label": "category", "top_n": 30, "weights": [0.25, 0.5, 0.75, 1.0],
@@ -168,14 +170,14 @@ def test_steer_variant_results_key_numbers_and_curve(trained, tmp_path):
     assert sparse.results["sparse"]["per_attribute"]["cluster0"]["target_expert"] in (0, 1, 2)
     assert sparse.results["random"]["per_attribute"]["cluster0"]["target_expert"] is None
     # the same head steered again, alone: the same numbers (nothing depends on other variants)
-    again = steer_variant(cache, models / "sparse", "sparse", config, tmp_path / "s3")
+    again = steer_variant(stores, models / "sparse", "sparse", config)
     assert json.dumps(again.results, sort_keys=True) == json.dumps(sparse.results, sort_keys=True)
     # the paper's filter: an attribute with fewer than min_pairs test pairs is left out and counted
     sizes = dict(zip(*np.unique(cache.pairs().filter(pc.equal(cache.pairs().column("split"), "test"))
                                 .column("category").to_numpy(zero_copy_only=False), return_counts=True)))
     smallest = min(sizes, key=sizes.get)
-    filtered = steer_variant(cache, models / "sparse", "sparse",
-                             dataclasses.replace(config, min_pairs=int(sizes[smallest]) + 1), tmp_path / "s7")
+    filtered = steer_variant(stores, models / "sparse", "sparse",
+                             dataclasses.replace(config, min_pairs=int(sizes[smallest]) + 1))
     assert filtered.results["sparse"]["skipped_attributes"] == {
         smallest: f"{sizes[smallest]} test pairs, fewer than min_pairs = {sizes[smallest] + 1}"}
     assert set(filtered.results["sparse"]["per_attribute"]) == set(sizes) - {smallest}
@@ -197,11 +199,11 @@ def test_steer_variant_results_key_numbers_and_curve(trained, tmp_path):
     assert vanilla.curve_csv.splitlines()[0] == "weight,flip_rate,undesired_flip_rate"
 
     with pytest.raises(SteerError, match="no router"):
-        steer_variant(cache, models / "single", "vanilla", config, tmp_path / "s4")  # a single head under any name
+        steer_variant(stores, models / "single", "vanilla", config)  # a single head under any name
     with pytest.raises(SteerError, match="cannot be steered"):
-        steer_variant(cache, models / "single", "single", config, tmp_path / "s5")
+        steer_variant(stores, models / "single", "single", config)
     with pytest.raises(SteerError, match="needs a 'attribute' label"):
-        steer_variant(cache, models / "sparse", "sparse", SteerConfig(), tmp_path / "s6")
+        steer_variant(stores, models / "sparse", "sparse", SteerConfig())
 
 
 def _params(tmp_path, **steer) -> str:
@@ -211,12 +213,12 @@ def _params(tmp_path, **steer) -> str:
 
 
 def test_stage_writes_the_three_outputs_or_nothing(trained, tmp_path):
-    cache, models = trained
+    _, stores, models = trained
     app = typer.Typer()
     app.command()(stage.main)
     out = {"--out": tmp_path / "steer/syn/sparse.json", "--metrics": tmp_path / "metrics/syn/steer-sparse.json",
            "--curve": tmp_path / "plots/steer/syn/sparse.csv"}
-    args = ["syn", "sparse", "--features", str(cache.path), "--model", str(models / "sparse")]
+    args = ["syn", "sparse", "--stores", str(stores.path), "--model", str(models / "sparse")]
     args += [x for option, path in out.items() for x in (option, str(path))]
 
     failed = CliRunner().invoke(app, args + ["--params", _params(tmp_path, top_n=30)])  # label: attribute
@@ -226,8 +228,7 @@ def test_stage_writes_the_three_outputs_or_nothing(trained, tmp_path):
     result = CliRunner().invoke(app, args + ["--params", _params(tmp_path, label="category", top_n=30, random_repeats=3)])
     assert result.exit_code == 0, result.output
     saved = json.loads(out["--out"].read_text())
-    expected = steer_variant(cache, models / "sparse", "sparse", SteerConfig(label="category", top_n=30, random_repeats=3),
-                             tmp_path / "s")
+    expected = steer_variant(stores, models / "sparse", "sparse", SteerConfig(label="category", top_n=30, random_repeats=3))
     assert json.dumps(saved, sort_keys=True) == json.dumps(json.loads(json.dumps(expected.results)), sort_keys=True)
     assert json.loads(out["--metrics"].read_text()) == expected.key_metrics
     assert out["--curve"].read_text() == expected.curve_csv

@@ -15,7 +15,7 @@ from pipeline.backbone import BackboneConfig, load, source_identity
 from pipeline.cache import CacheError, FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import HeadConfig, IncompatibleFeaturesError, RewardHead, check_compatible
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStore, SplitStores, build_stores
 from pipeline.reward_model import RewardModel
 from tooling.synthetic_cache import write_synthetic_cache
 from pipeline.train import (CacheMismatchError, TrainConfig, check_cache_backbone, lr_factor, make_variant,
@@ -34,8 +34,14 @@ def clustered(tmp_path_factory) -> FeatureCache:
                                               pairs_per_shard=400, seed=3))
 
 
+def stores_of(cache: FeatureCache, tmp_path: Path, seed: int = 0) -> SplitStores:
+    """The cache's split stores, built once per (folder, seed) like the `stores` stage does."""
+    folder = tmp_path / f"stores-{seed}"
+    return SplitStores(folder) if (folder / "checksums.json").exists() else build_stores(cache, folder, seed=seed)
+
+
 def states(cache: FeatureCache, split: str, tmp_path: Path, seed: int = 0) -> SplitStore:
-    return SplitStore.build(cache, split, tmp_path / f"scratch-{split}-{seed}", seed=seed)
+    return stores_of(cache, tmp_path, seed).split(split)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -48,12 +54,26 @@ def test_pair_rows_hold_the_states_of_their_pair_by_id(clustered, tmp_path):
     block = ps.read(0, len(ps)).astype(np.float32)
     for row in np.random.default_rng(0).choice(len(ps), 50, replace=False):
         pair = pairs[ps.pair_ids[row]]
-        np.testing.assert_array_equal(block[row, 0], seqs[pair["prompt_state_id"]][1])
-        np.testing.assert_array_equal(block[row, 1], seqs[pair["chosen_id"]][0])
-        np.testing.assert_array_equal(block[row, 2], seqs[pair["rejected_id"]][0])
+        np.testing.assert_array_equal(block[row, 0], seqs[pair["prompt_state_id"]])
+        np.testing.assert_array_equal(block[row, 1], seqs[pair["chosen_id"]])
+        np.testing.assert_array_equal(block[row, 2], seqs[pair["rejected_id"]])
     # metadata travels with the row order
     assert ps.metadata.column("pair_id").to_pylist() == ps.pair_ids
     assert all(pairs[p]["split"] == "train" for p in ps.pair_ids)
+
+
+def test_stores_carry_the_moments_a_pass_over_the_split_gives(clustered, tmp_path):
+    """build_stores accumulates each split's standardization moments while it writes the
+    rows (in shard order, scattered), so training needs no extra pass: they must equal
+    the moments of the stored float16 rows computed block by block."""
+    from pipeline.split_store import SplitStore as Store
+    for split in ("train", "validation", "test"):
+        stored = states(clustered, split, tmp_path)
+        again = Store(stored.path, stored.pair_ids, stored.metadata, stored.hidden_size).moments(block_pairs=97)
+        block = stored.read(0, len(stored)).astype(np.float64)
+        np.testing.assert_allclose(block[:, 0].mean(0), again[0], rtol=1e-9, atol=1e-12)
+        for ours, theirs in zip(stored.moments(), again):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
 
 
 def test_shuffled_epoch_visits_every_pair_once_reading_one_block_at_a_time(clustered, tmp_path, monkeypatch):
@@ -75,15 +95,14 @@ def test_shuffled_epoch_visits_every_pair_once_reading_one_block_at_a_time(clust
 
 def test_nan_in_features_names_the_shard_and_row(tmp_path):
     path = write_synthetic_cache(tmp_path / "c", num_pairs=100, hidden_size=8, pairs_per_shard=40, nan_at=55)
-    with pytest.raises(CacheError, match=r"shard-00001\.parquet: row 15 .*NaN or inf in response_state"):
-        for split in ("train", "validation", "test"):
-            SplitStore.build(FeatureCache(path), split, tmp_path / "s")
+    with pytest.raises(CacheError, match=r"shard-00001\.parquet: row 15 \(state_id \w+\) has NaN or inf"):
+        build_stores(FeatureCache(path), tmp_path / "s")
 
 
 def test_empty_split_is_a_clear_error(tmp_path):
     path = write_synthetic_cache(tmp_path / "c", num_pairs=50, hidden_size=8, split_fractions=(1.0, 0.0, 0.0))
     with pytest.raises(CacheError, match=r"split 'validation' has no pairs .*'train': 50"):
-        SplitStore.build(FeatureCache(path), "validation", tmp_path / "s")
+        build_stores(FeatureCache(path), tmp_path / "s").split("validation")
 
 
 def test_cache_from_another_backbone_or_size_is_refused(clustered):
@@ -195,8 +214,8 @@ def test_sparse_moe_finds_the_clusters_a_single_head_cannot_fit(clustered, tmp_p
 
 
 def test_train_experiment_writes_heads_curves_and_provenance(clustered, tmp_path):
-    summary = train_experiment(clustered, tmp_path / "models", tmp_path / "curves", variants=["single", "sparse"],
-                               num_experts=4, lambdas=LAMBDAS, config=FAST, scratch=tmp_path / "scratch",
+    summary = train_experiment(stores_of(clustered, tmp_path), tmp_path / "models", tmp_path / "curves",
+                               variants=["single", "sparse"], num_experts=4, lambdas=LAMBDAS, config=FAST,
                                extra={"experiment": "x"}, show_progress=False)
     assert set(summary) == {"single", "sparse"}
     config = json.loads((tmp_path / "models" / "sparse" / "config.json").read_text())
@@ -244,8 +263,8 @@ def tiny_cache(tiny_llama, tmp_path_factory):
 
 def test_reward_model_scores_equal_the_head_on_cached_states(tiny_llama, tiny_cache, tmp_path):
     cache, rows = tiny_cache
-    train_experiment(cache, tmp_path / "models", tmp_path / "curves", variants=["sparse"], num_experts=3,
-                     lambdas=LAMBDAS, config=FAST, scratch=tmp_path / "s", show_progress=False)
+    train_experiment(stores_of(cache, tmp_path), tmp_path / "models", tmp_path / "curves", variants=["sparse"],
+                     num_experts=3, lambdas=LAMBDAS, config=FAST, show_progress=False)
     rm = RewardModel.load(tmp_path / "models" / "sparse", str(tiny_llama))
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
@@ -253,8 +272,11 @@ def test_reward_model_scores_equal_the_head_on_cached_states(tiny_llama, tiny_ca
     # the same sequences through the cache
     from pipeline.pairs import as_messages, sequence_id
     cached = cache.states()
-    prompt_states = torch.tensor(np.stack([cached[sequence_id(as_messages(p), r)][1] for p, r in zip(prompts, responses)]))
-    response_states = torch.tensor(np.stack([cached[sequence_id(as_messages(p), r)][0] for p, r in zip(prompts, responses)]))
+    prompt_of = {pair[side]: pair["prompt_state_id"] for pair in cache.pairs().to_pylist()
+                 for side in ("chosen_id", "rejected_id")}  # no prompt was truncated: one state per prompt
+    ids = [sequence_id(as_messages(p), r) for p, r in zip(prompts, responses)]
+    prompt_states = torch.tensor(np.stack([cached[prompt_of[i]] for i in ids]))
+    response_states = torch.tensor(np.stack([cached[i] for i in ids]))
     expected = rm.head(prompt_states, response_states)
     torch.testing.assert_close(scores.reward, expected["reward"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(scores.routing_weights, expected["routing_weights"], atol=1e-5, rtol=1e-4)
@@ -273,8 +295,8 @@ def test_reward_model_refuses_a_head_from_another_backbone(tiny_llama, tmp_path)
 
 def test_smoe_score_cli(tiny_llama, tiny_cache, tmp_path):
     cache, _ = tiny_cache
-    train_experiment(cache, tmp_path / "models", tmp_path / "curves", variants=["vanilla"], num_experts=2,
-                     lambdas=LAMBDAS, config=FAST, scratch=tmp_path / "s", show_progress=False)
+    train_experiment(stores_of(cache, tmp_path), tmp_path / "models", tmp_path / "curves", variants=["vanilla"],
+                     num_experts=2, lambdas=LAMBDAS, config=FAST, show_progress=False)
     (tmp_path / "in.jsonl").write_text(
         json.dumps({"prompt": "Question 1: how do I handle case 1?", "response": "Careful answer."}) + "\n"
         + json.dumps({"prompt": [{"role": "user", "content": "Hi?"}], "response": "Hello.", "id": 7}) + "\n")
@@ -298,7 +320,8 @@ def test_smoe_train_refuses_a_cache_from_another_backbone(clustered, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # backbone.source: smollm2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(["smoe", "train", "categories", "sparse", "--params", str(tmp_path / "params.yaml"),
-                           "--features", str(clustered.path), "--out", str(tmp_path / "m"), "--no-progress"],
+                           "--stores", str(stores_of(clustered, tmp_path).path), "--out", str(tmp_path / "m"),
+                           "--no-progress"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1 and "error:" in proc.stderr and "built by backbone 'synthetic'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
@@ -307,11 +330,12 @@ def test_smoe_train_refuses_a_cache_from_another_backbone(clustered, tmp_path):
 def test_evaluate_writes_category_metrics_figures_and_examples(clustered, tmp_path):
     from pipeline.evaluate import evaluate_variant
 
-    train_experiment(clustered, tmp_path / "models", tmp_path / "curves", variants=["single", "sparse"],
-                     num_experts=4, lambdas=LAMBDAS, config=FAST, scratch=tmp_path / "s", show_progress=False)
+    stores = stores_of(clustered, tmp_path)
+    train_experiment(stores, tmp_path / "models", tmp_path / "curves", variants=["single", "sparse"],
+                     num_experts=4, lambdas=LAMBDAS, config=FAST, show_progress=False)
     prompts = {pid: f"prompt of {pid}" for pid in clustered.pairs().column("pair_id").to_pylist()}
-    results = {name: evaluate_variant(clustered, tmp_path / "models" / name, name, metrics_path=tmp_path / "m" / f"{name}.json",
-                                      predictions_dir=tmp_path / "p" / name, scratch=tmp_path / "s2",
+    results = {name: evaluate_variant(stores, tmp_path / "models" / name, name, metrics_path=tmp_path / "m" / f"{name}.json",
+                                      predictions_dir=tmp_path / "p" / name,
                                       figures_dir=tmp_path / "f" / name, prompts=prompts)
                for name in ("single", "sparse")}
     sparse = json.loads((tmp_path / "p" / "sparse" / "metrics.json").read_text())

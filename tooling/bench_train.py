@@ -7,9 +7,10 @@ a prepared dataset (all relabelled "train"), the same sparse head, TrainConfig a
 for each of P lambda points (one for `train`, P for `sweep`):
 
 - cached (:func:`from_cache`): what this project does. Featurize the pairs once into a
-  temporary cache (the real ``featurize``), build the pair store once
-  (``SplitStore.build``), then train every point with ``train_variant``, each reading
-  only the stored states. Wall = featurize + build + training of all points.
+  temporary cache (the real ``featurize``), build the split stores once into the same
+  temporary folder (``build_stores``, as the ``stores`` stage does), then train every
+  point with ``train_variant``, each reading only the train split's stored states.
+  Wall = featurize + build + training of all points.
 - naive (:func:`backbone_in_the_loop`): what MiCRo's public code does. Every training
   step runs the frozen backbone over the batch's chosen and rejected sequences (one padded
   batch of 2B sequences), then the head; a sweep repeats that whole training for every
@@ -22,10 +23,11 @@ that its peak RSS is its own. The naive side is, if anything, flattered: see
 
 The paper-scale check (:func:`bench`) times the sparse variant on a synthetic cache (App.
 A: 36K SHP pairs, GRM's hidden size 3072, K = 20 as for preference-700K), in a fresh
-process: ``build_s`` (one pass over the shards into the pair-major scratch file),
-``pairs_per_s`` (epochs x train pairs over the training wall time, per-epoch validation
-included) and ``peak_rss_mb``. The cache itself is never loaded: only one shard
-(building) or one block (training) is in memory at a time.
+process: ``build_s`` (``build_stores``: one pass over the shards into the pair-major
+split stores, every split, in a scratch folder), ``pairs_per_s`` (epochs x train pairs
+over the training wall time, per-epoch validation included) and ``peak_rss_mb``. The
+cache itself is never loaded: only one shard (building) or one block (training) is in
+memory at a time.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from tooling.bench import run_isolated, subset_pairs
 from pipeline.cache import FeatureCache
 from pipeline.featurize import FeaturizeConfig, featurize
 from pipeline.models import RewardHead
-from pipeline.split_store import SplitStore
+from pipeline.split_store import build_stores
 from tooling.synthetic_cache import write_synthetic_cache
 from pipeline.train import TrainConfig, Variant, _param_groups, batch_loss, lr_factor, make_variant, train_variant
 
@@ -105,7 +107,7 @@ def _train_in_the_loop(backbone: Backbone, encoded: list[tuple[Encoded, Encoded]
 
 def _summary(pairs: int, config: TrainConfig, points: int, once_s: float, point_s: list[float]) -> dict[str, Any]:
     """Totals shared by both modes: ``once_s`` is paid once (naive: tokenizing; cached:
-    featurize + pair-store build), ``point_s`` is each point's training wall time."""
+    featurize + split-store build), ``point_s`` is each point's training wall time."""
     train_s = sum(point_s)
     seconds = once_s + train_s
     return {"pairs": pairs, "epochs": config.epochs, "points": points, "point_s": point_s, "train_s": train_s,
@@ -144,7 +146,7 @@ def backbone_in_the_loop(pairs: str, backbone_config: dict[str, Any], train_conf
 def from_cache(pairs: str, backbone_config: dict[str, Any], featurize_config: dict[str, Any],
                train_config: dict[str, Any], num_experts: int, points: list[dict[str, float]]) -> dict[str, Any]:
     """The cached mode (run_isolated's entry): featurize once into a temporary cache,
-    build the pair store once, then train every lambda point from it."""
+    build its split stores once, then train every lambda point from the train split."""
     backbone = load(BackboneConfig(**backbone_config))
     config = TrainConfig(**train_config)
     with tempfile.TemporaryDirectory(prefix="smoe-bench-cache-") as tmp:
@@ -153,7 +155,7 @@ def from_cache(pairs: str, backbone_config: dict[str, Any], featurize_config: di
         featurize_s = time.perf_counter() - start
         start = time.perf_counter()
         cache = FeatureCache(Path(tmp) / "cache")
-        train = SplitStore.build(cache, "train", Path(tmp) / "scratch", seed=config.seed)
+        train = build_stores(cache, Path(tmp) / "stores", seed=config.seed).split("train")
         build_s = time.perf_counter() - start
         point_s, curves = [], []
         for lambdas in points:
@@ -199,8 +201,8 @@ def run(cache_dir: str, num_experts: int, train_config: dict[str, Any]) -> dict[
     cache = FeatureCache(cache_dir)
     with tempfile.TemporaryDirectory(prefix="smoe-bench-train-") as scratch:
         start = time.perf_counter()
-        train = SplitStore.build(cache, "train", scratch, seed=config.seed)
-        validation = SplitStore.build(cache, "validation", scratch, seed=config.seed)
+        stores = build_stores(cache, Path(scratch) / "stores", seed=config.seed)
+        train, validation = stores.split("train"), stores.split("validation")
         build_s = time.perf_counter() - start
         variant = _sparse(cache.hidden_size, num_experts, PAPER_LAMBDAS, config)
         start = time.perf_counter()

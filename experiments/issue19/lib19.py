@@ -1,4 +1,4 @@
-"""Helpers of the issue-19 experiments (README: "Where our results differ from the paper, and why"): train heads in memory from the clone's caches, cached on disk."""
+"""Helpers of the issue-19 experiments (README: "Where our results differ from the paper, and why"): train heads in memory from the clone's split stores (data/stores/<dataset>, or built from data/features/<dataset> into a scratch folder), cached on disk."""
 from __future__ import annotations
 import copy, json, sys, tempfile
 from dataclasses import asdict, replace
@@ -8,7 +8,7 @@ import numpy as np, torch, yaml
 ROOT = Path(__file__).resolve().parents[2]  # the repository (experiments/issue19/ -> ..)
 sys.path.insert(0, str(ROOT))
 from pipeline.cache import FeatureCache
-from pipeline.split_store import SplitStore
+from pipeline.split_store import SplitStores, build_stores
 from pipeline.models import RewardHead, predict
 from pipeline import metrics
 from pipeline import train as T
@@ -20,7 +20,7 @@ REAL = bool(os.environ.get("REAL"))
 DATA_ROOT = ROOT / "real" if REAL else ROOT   # the real-data DVC project keeps its own data/ and params
 PARAMS = yaml.safe_load((DATA_ROOT / "params.yaml").read_text())
 SCR = Path(tempfile.mkdtemp(prefix="i19-"))
-_stores: dict = {}
+_stores: dict = {}  # dataset -> SplitStores, (dataset, split) -> SplitStore (keeps its moments)
 
 def spec(exp):
     s = dict(PARAMS["experiments"][exp])
@@ -30,10 +30,19 @@ def spec(exp):
 def cache(exp):
     return FeatureCache(DATA_ROOT / "data/features" / spec(exp)[0]["dataset"])
 
-def store(exp, split, seed=0):
-    key = (exp, split, seed)
+def stores(exp):
+    """The experiment's split stores: the stage's DATA_ROOT/data/stores/<dataset> when it exists,
+    else built once from the cache into SCR (seed 0, as the `stores` stage builds them)."""
+    dataset = spec(exp)[0]["dataset"]
+    if dataset not in _stores:
+        built = DATA_ROOT / "data/stores" / dataset
+        _stores[dataset] = SplitStores(built) if built.exists() else build_stores(cache(exp), SCR / dataset)
+    return _stores[dataset]
+
+def store(exp, split):
+    key = (spec(exp)[0]["dataset"], split)
     if key not in _stores:
-        _stores[key] = SplitStore.build(cache(exp), split, SCR / f"{exp}-{seed}", seed=seed)
+        _stores[key] = stores(exp).split(split)
     return _stores[key]
 
 def tconfig(**over):
@@ -74,25 +83,25 @@ def train(exp, variant, seed=0, tag="base", lambdas=None, no_prompt_std=False, n
     if lambdas:
         lam = {**lam, **lambdas}
     cfg = tconfig(seed=seed, **over)
-    cch = cache(exp)
-    v = T.make_variant(variant, hidden_size=cch.hidden_size, num_experts=s["num_experts"], lambdas=lam, config=cfg,
-                       provenance={"backbone": cch.manifest["backbone"], "template_hash": cch.manifest["template_hash"]})
+    st = stores(exp)
+    v = T.make_variant(variant, hidden_size=st.hidden_size, num_experts=s["num_experts"], lambdas=lam, config=cfg,
+                       provenance={"backbone": st.cache_manifest["backbone"], "template_hash": st.cache_manifest["template_hash"]})
     try:
-        head, curves = T.train_variant(v, store(exp, "train", seed), store(exp, "validation", seed), cfg, show_progress=False)
+        head, curves = T.train_variant(v, store(exp, "train"), store(exp, "validation"), cfg, show_progress=False)
     finally:
         RewardHead.set_input_stats = original
     head.save(out, variant=variant)
     return head
 
 def outputs(head, exp, split):
-    st = store(exp, split, 0)
+    st = store(exp, split)
     w, m = predict(head, st)
     order = st.order_by_pair_id()
     meta = st.metadata.take(order) if hasattr(st.metadata, "take") else st.metadata
     return w[order], m[order], meta
 
 def states(exp, split):
-    st = store(exp, split, 0)
+    st = store(exp, split)
     order = st.order_by_pair_id()
     x = torch.from_numpy(st.read(0, len(st))[order].astype(np.float32))
     meta = st.metadata.take(order)
