@@ -324,8 +324,8 @@ def lambdas(params: dict[str, Any], name: str) -> dict[str, float]:
 
 @contextmanager
 def scratch(params: dict[str, Any], prefix: str) -> Iterator[str]:
-    """A temporary folder for a stage's large intermediates (train's split stores: ~13 GB
-    at 700K pairs and hidden 3072), under the params' top-level ``scratch_dir`` (null: the
+    """A temporary folder for a stage's intermediates (train's heads and curves before they
+    are swapped in), under the params' top-level ``scratch_dir`` (null: the
     system's temporary folder, ``$TMPDIR``). No stage lists ``scratch_dir`` as a DVC param:
     where scratch lives never changes an output."""
     where = params.get("scratch_dir")
