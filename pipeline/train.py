@@ -169,12 +169,15 @@ def train_variant(variant: Variant, train: SplitStore, validation: SplitStore, c
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, config.lr_schedule))
     curves: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
-    window: list[list[float]] = []  # loss terms of the steps since the last curve row
+    # Loss terms of the steps since the last curve row, summed on the device (float64): one
+    # host sync per curve row, and nothing kept per step (35K steps an epoch at 560K pairs).
+    names: list[str] = []
+    window_sum: torch.Tensor | None = None
+    window_start = 1
     bar = progress(total, f"train {variant.name}", "step", enabled=show_progress)
     step = 0
     for epoch in range(1, config.epochs + 1):
         head.train()
-        epoch_terms: list[dict[str, torch.Tensor]] = []  # kept on the device: no per-step sync
         for batch in train.batches(config.batch_size, shuffle=True, rng=rng,
                                    block_pairs=config.block_pairs, device=config.device):
             loss, terms = batch_loss(head, variant.objective, batch.prompt, batch.chosen, batch.rejected)
@@ -183,24 +186,23 @@ def train_variant(variant: Variant, train: SplitStore, validation: SplitStore, c
             optimizer.step()
             scheduler.step()
             step += 1
-            epoch_terms.append(terms)
+            names = names or list(terms)
+            row = torch.stack([terms[n] for n in names]).double()
+            window_sum = row if window_sum is None else window_sum + row
             bar.update()
             if step % 50 == 0:
                 bar.set_postfix({k: f"{float(v):.3f}" for k, v in terms.items()})
-        names = list(epoch_terms[0])
-        values = torch.stack([torch.stack([t[n] for n in names]) for t in epoch_terms]).cpu().tolist()
-        first = step - len(values) + 1
-        for i, row in enumerate(values):
-            if not math.isfinite(row[0]):
-                raise FloatingPointError(f"{variant.name}: the loss became {row[0]} at step {first + i} "
-                                         f"(terms {dict(zip(names, row))})")
-            window.append(row)
-            if (first + i) % config.curve_every == 0 or first + i == total:
+            if step % config.curve_every == 0 or step == total or step % steps_per_epoch == 0:
                 # one curve row per curve_every steps, their mean: a 700K-pair run stays a
-                # curve `dvc plots` can render (HF Trainer's logging_steps does the same)
-                mean = [sum(column) / len(window) for column in zip(*window)]
-                curves["train"].append({"step": first + i, **dict(zip(names, mean))})
-                window.clear()
+                # curve `dvc plots` can render (HF Trainer's logging_steps does the same).
+                # Also flushed at each epoch's end, so a diverged loss stops the run then.
+                mean = (window_sum / (step - window_start + 1)).tolist()
+                if not math.isfinite(mean[0]):
+                    raise FloatingPointError(f"{variant.name}: the loss became {mean[0]} between steps "
+                                             f"{window_start} and {step} (terms {dict(zip(names, mean))})")
+                if step % config.curve_every == 0 or step == total:
+                    curves["train"].append({"step": step, **dict(zip(names, mean))})
+                    window_sum, window_start = None, step + 1
         val = validation_metrics(head, validation, config.device)
         curves["validation"].append({"step": step, "epoch": epoch, **val})
         bar.write(f"{variant.name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))

@@ -194,6 +194,27 @@ def test_curve_every_n_steps_logs_the_mean_of_each_window(clustered, tmp_path):
     assert sparse["validation"] == every["validation"]
 
 
+def test_a_diverged_loss_stops_training_by_the_end_of_its_epoch(clustered, tmp_path, monkeypatch):
+    """Nothing is kept per step: a non-finite loss is caught when its window is summed, at
+    the latest at the end of the epoch, naming the steps between which it happened."""
+    import pipeline.train as T
+    tr, va = states(clustered, "train", tmp_path), states(clustered, "validation", tmp_path)
+    calls = []
+    real = T.batch_loss
+
+    def diverging(*args):
+        loss, terms = real(*args)
+        calls.append(1)
+        return (loss * float("nan"), {**terms, "loss": terms["loss"] * float("nan")}) if len(calls) == 5 else (loss, terms)
+
+    monkeypatch.setattr(T, "batch_loss", diverging)
+    config = TrainConfig(**{**vars(FAST), "curve_every": 1000, "epochs": 2})
+    with pytest.raises(FloatingPointError, match=r"vanilla: the loss became nan between steps 1 and 75"):
+        train_variant(make_variant("vanilla", hidden_size=16, num_experts=4, lambdas={}, config=config), tr, va,
+                      config, show_progress=False)
+    assert len(calls) == 75  # stopped at the end of the first epoch (1200 pairs / 16), not after the run
+
+
 def test_sparse_moe_finds_the_clusters_a_single_head_cannot_fit(clustered, tmp_path):
     tr, va, te = (states(clustered, s, tmp_path) for s in ("train", "validation", "test"))
     # 30 epochs: under the default schedule (linear decay to 0) the rate averages half the base
