@@ -170,7 +170,6 @@ class Moments:
         return np.stack([mean[0], std[0], mean[1], std[1]])
 
 
-
 # ---------------------------------------------------------------------- the stores folder
 
 
