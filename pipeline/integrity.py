@@ -73,10 +73,9 @@ def write_checksums(directory: str | Path, files: Iterable[str]) -> None:
     os.replace(tmp, directory / CHECKSUMS)
 
 
-def verify_checksums(directory: str | Path, recover: str) -> dict[str, str]:
-    """Check every file that ``checksums.json`` lists; return the record."""
-    directory = Path(directory)
-    path = directory / CHECKSUMS
+def read_checksums(directory: str | Path, recover: str) -> dict[str, str]:
+    """The ``{file: sha256}`` record of ``directory`` (nothing verified yet)."""
+    path = Path(directory) / CHECKSUMS
     if not path.exists():
         raise ArtifactError(f"{path}: missing, so the folder's files cannot be verified (written by an older "
                             f"smoe-rm, or copied without it); {recover}")
@@ -86,6 +85,13 @@ def verify_checksums(directory: str | Path, recover: str) -> dict[str, str]:
         raise ArtifactError(f"{path}: not valid JSON ({e}); {recover}") from None
     if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
         raise ArtifactError(f"{path}: not a {{file: sha256}} record; {recover}")
+    return record
+
+
+def verify_checksums(directory: str | Path, recover: str) -> dict[str, str]:
+    """Check every file that ``checksums.json`` lists; return the record."""
+    directory = Path(directory)
+    record = read_checksums(directory, recover)
     for name, digest in record.items():
         verify_once(directory / name, digest, recover)
     return record

@@ -42,7 +42,7 @@ import torch
 
 from pipeline import iostats
 from pipeline.cache import CacheError, FeatureCache, arrow_to_vectors, write_json
-from pipeline.integrity import ArtifactError, verify_once, write_checksums
+from pipeline.integrity import ArtifactError, read_checksums, verify_once, write_checksums
 from pipeline.progress import progress
 
 DTYPE = np.float16
@@ -180,11 +180,12 @@ class SplitStores:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            self._checksums = _read_json(self.path / "checksums.json", self.recovery)
+            self._checksums = read_checksums(self.path, self.recovery)
             verify_once(self.path / MANIFEST, self._checksums.get(MANIFEST, ""), self.recovery)
         except ArtifactError as e:
             raise CacheError(str(e)) from None
-        self.manifest: dict[str, Any] = _read_json(self.path / MANIFEST, self.recovery)
+        # verified above: these are the bytes build_stores wrote
+        self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text())
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise CacheError(f"{self.path / MANIFEST}: split stores of format {self.manifest.get('format_version')}, "
                              f"this code reads format {FORMAT_VERSION}; {self.recovery}")
@@ -222,18 +223,6 @@ class SplitStores:
                              f"{self.recovery}")
         return SplitStore(states, metadata.column("pair_id").to_pylist(), metadata, self.hidden_size,
                           np.load(moments))
-
-
-def _read_json(path: Path, recovery: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CacheError(f"{path}: missing, so this is not a finished split-stores folder; {recovery}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path}: damaged, not valid JSON ({e}); {recovery}") from None
-    if not isinstance(value, dict):
-        raise CacheError(f"{path}: damaged, not a JSON object; {recovery}")
-    return value
 
 
 def build_stores(cache: FeatureCache, out_dir: str | Path, *, seed: int = 0,
